@@ -1,0 +1,500 @@
+--- npipe: named-pipe servers and clients for Lua on a libuv engine.
+-- The reference is docs/API.md; this file is the Lua side of the module: objects,
+-- handlers and waiting. The C engine (npipe.core) does the I/O and framing.
+local core = require("npipe.core")
+local sched = require("npipe.sched")
+
+local wait, wait_for, waiter, wake = sched.wait, sched.wait_for, sched.waiter, sched.wake
+local submit, settle = sched.submit, sched.settle
+
+local npipe = { _VERSION = "npipe " .. core.version, version = core.version }
+
+local DEFAULTS = {
+  framing = "bytes",
+  max_message = 1024 * 1024,
+  high_water = 1024 * 1024,
+  mode = "0600",
+  backlog = 511,
+}
+local INBOX_PAUSE = 64  -- unread messages (or queued handler jobs) at which reading stops
+local INBOX_RESUME = 16
+local RETRY_SECONDS = 0.05 -- how often connect retries while it waits for a server
+
+---- argument checks (programming errors raise) ----
+
+local function check_type(fname, n, value, want, optional)
+  if (optional and value == nil) or type(value) == want then return end
+  error(("bad argument #%d to '%s' (%s expected, got %s)"):format(n, fname, want, type(value)), 3)
+end
+
+local function check_timeout(fname, n, t)
+  if t == nil then return end
+  if type(t) ~= "number" or t < 0 then
+    error(("bad argument #%d to '%s' (timeout must be a non-negative number of seconds)"):format(n, fname), 3)
+  end
+end
+
+local SERVER_OPTS = { framing = true, max_message = true, high_water = true, mode = true, backlog = true }
+local CLIENT_OPTS = { framing = true, max_message = true, high_water = true, timeout = true }
+
+local function options(fname, opts, known)
+  check_type(fname, 2, opts, "table", true)
+  local o = {}
+  for k, v in pairs(DEFAULTS) do o[k] = v end
+  for k, v in pairs(opts or {}) do
+    if not known[k] then error(("%s: unknown option '%s'"):format(fname, tostring(k)), 3) end
+    o[k] = v
+  end
+  if type(o.mode) == "string" then
+    local m = tonumber(o.mode, 8)
+    if not m then error(fname .. ": mode must be an octal string such as '0660'", 3) end
+    o.mode = m
+  end
+  return o
+end
+
+---- connections ----
+
+local Conn = {}
+Conn.__index = Conn
+npipe.Conn = Conn
+
+local function new_conn(c, server)
+  local conn = setmetatable({ _c = c, _id = c:id(), _server = server, _qn = 0, state = {} }, Conn)
+  core.bind(c, conn)
+  return conn
+end
+
+function Conn:__tostring()
+  return ("npipe.conn(#%d%s)"):format(self._id, self._closed and ", closed" or "")
+end
+
+Conn.__close = function(self) self:disconnect() end
+
+-- job queue (see sched.submit)
+function Conn:_enqueue(job)
+  local q = self._q
+  if not q then q = { head = 1, tail = 0 }; self._q = q end
+  q.tail = q.tail + 1
+  q[q.tail] = job
+  self._qn = self._qn + 1
+  if self._qn >= INBOX_PAUSE and not self._closed and not self._paused then
+    self._paused = true
+    self._c:pause()
+  end
+end
+
+function Conn:_dequeue()
+  local q = self._q
+  if not q or self._qn == 0 then return nil end
+  local job = q[q.head]
+  q[q.head] = nil
+  q.head = q.head + 1
+  self._qn = self._qn - 1
+  if self._qn <= INBOX_RESUME and self._paused and not self._inbox_full then
+    self._paused = false
+    if not self._closed then self._c:resume() end
+  end
+  return job
+end
+
+function Conn:_drop_queue()
+  self._q, self._qn = nil, 0
+end
+
+function Conn:_job_done(ok, err)
+  if ok or self._failed then
+    if not ok then sched.report("error in an error handler", err) end
+    return
+  end
+  self._failed = true
+  self:_drop_queue()
+  local h = self._server and self._server._handlers
+  local on_error = h and h.error
+  if on_error then
+    self:_enqueue({ on_error, self, err })
+  else
+    sched.report(("handler error on connection #%d"):format(self._id), err)
+  end
+  local first = tostring(err):match("^[^\n]*")
+  self:_end_now("handler error: " .. first, "EHANDLER")
+  sched.schedule(self)
+end
+
+function Conn:_end_now(reason, code)
+  if self._closed or not self._c:is_open() then return end
+  self._c:disconnect(reason, code)
+end
+
+-- Messages kept for conn:read() when no data handler takes them.
+local function inbox_push(conn, msg)
+  local r = conn._readers
+  if r and #r > 0 then
+    wake(table.remove(r, 1), msg)
+    return
+  end
+  local box = conn._inbox
+  if not box then box = { head = 1, tail = 0 }; conn._inbox = box end
+  box.tail = box.tail + 1
+  box[box.tail] = msg
+  if box.tail - box.head + 1 >= INBOX_PAUSE and not conn._paused then
+    conn._paused, conn._inbox_full = true, true
+    conn._c:pause()
+  end
+end
+
+local function inbox_pop(conn)
+  local box = conn._inbox
+  if not box or box.head > box.tail then return nil end
+  local msg = box[box.head]
+  box[box.head] = nil
+  box.head = box.head + 1
+  if conn._inbox_full and box.tail - box.head + 1 <= INBOX_RESUME then
+    conn._inbox_full = false
+    if conn._qn <= INBOX_RESUME then
+      conn._paused = false
+      if not conn._closed then conn._c:resume() end
+    end
+  end
+  return msg
+end
+
+local function closed_error(conn)
+  return nil, "pipe is closed (" .. tostring(conn._closed) .. ")", "EPIPE"
+end
+
+--- Queues data to the peer (framed as one line or message in those framings).
+function Conn:write(data)
+  if type(data) ~= "string" and type(data) ~= "number" then
+    error(("bad argument #1 to 'write' (string expected, got %s)"):format(type(data)), 2)
+  end
+  if self._closed then return closed_error(self) end
+  local queued, err, code = self._c:write(data)
+  if not queued then return nil, err, code end
+  return true
+end
+
+--- Reads one chunk, line or message; nil, "closed" at the end; nil, "timeout".
+function Conn:read(timeout)
+  check_timeout("read", 1, timeout)
+  local msg = inbox_pop(self)
+  if msg then return msg end
+  if self._closed then return nil, "closed", self._code end
+  local w = waiter()
+  local r = self._readers
+  if not r then r = {}; self._readers = r end
+  r[#r + 1] = w
+  local m, err, code = wait_for(w, timeout)
+  if m == nil then
+    for i = #r, 1, -1 do if r[i] == w then table.remove(r, i) end end
+  end
+  return m, err, code
+end
+
+--- FlushFileBuffers: waits until the peer has read everything written so far.
+function Conn:flush(timeout)
+  check_timeout("flush", 1, timeout)
+  if self._closed then return closed_error(self) end
+  local done, err, code = self._c:flush()
+  if done == nil then return nil, err, code end
+  if done then return true end
+  local w = waiter()
+  local f = self._flushers
+  if not f then f = {}; self._flushers = f end
+  f[#f + 1] = w
+  return wait_for(w, timeout)
+end
+
+--- DisconnectNamedPipe: ends the connection at once; unsent and unread data is dropped.
+function Conn:disconnect(reason)
+  if self._closed then return true end
+  self:_drop_queue()
+  self._inbox = nil
+  self:_end_now(reason or (self._client and "disconnected by the client" or "disconnected by the server"),
+                "DISCONNECTED")
+  return true
+end
+Conn.close = Conn.disconnect
+
+function Conn:is_open() return not self._closed end
+function Conn:closed_reason() return self._closed, self._code end
+function Conn:id() return self._id end
+function Conn:server() return self._server end
+function Conn:framing() return (self._c:framing()) end
+
+local function peer(self)
+  if self._cred == nil then
+    local pid, uid, gid = self._c:peer()
+    self._cred = pid and { pid = pid, uid = uid, gid = gid } or false
+  end
+  return self._cred
+end
+
+local function copy(t) return { pid = t.pid, uid = t.uid, gid = t.gid } end
+
+local function peer_session(self)
+  if self._peer_sid == nil then
+    local sid, err, code = self._c:peer_session()
+    if not sid then return nil, err, code end
+    self._peer_sid = sid
+  end
+  return self._peer_sid
+end
+
+--- GetNamedPipeClientSessionId (server side) / the session of this process (client side).
+function Conn:session_id()
+  if self._client then return core.session_id() end
+  return peer_session(self)
+end
+
+--- GetNamedPipeServerSessionId.
+function Conn:server_session_id()
+  if self._client then return peer_session(self) end
+  return core.session_id()
+end
+
+--- GetNamedPipeClientProcessId and the client's uid and gid (server side).
+function Conn:credentials()
+  if self._client then return { pid = core.pid() } end
+  local c = peer(self)
+  if not c then return nil, "peer credentials are not available", "ENOTSUP" end
+  return copy(c)
+end
+
+function Conn:process_id()
+  local c, err, code = self:credentials()
+  if not c then return nil, err, code end
+  return c.pid
+end
+
+--- The server's identity, for a client that checks whom it talks to.
+function Conn:server_credentials()
+  if not self._client then return { pid = core.pid() } end
+  local c = peer(self)
+  if not c then return nil, "server credentials are not available", "ENOTSUP" end
+  return copy(c)
+end
+
+function Conn:server_process_id()
+  local c, err, code = self:server_credentials()
+  if not c then return nil, err, code end
+  return c.pid
+end
+
+---- servers ----
+
+local Server = {}
+Server.__index = Server
+npipe.Server = Server
+local live_servers = {} -- a listening server runs even when the script drops its object
+
+function Server:__tostring()
+  return ("npipe.server(%s)"):format(self.path)
+end
+
+Server.__close = function(self) self:close() end
+
+function Server:path() return self._path end
+function Server:session_id() return core.session_id() end
+function Server:is_open() return self._c:is_open() end
+
+function Server:stats()
+  if not self._c:is_open() then return self._last_stats end
+  return self._c:stats()
+end
+
+--- The open connections, as a list.
+function Server:connections()
+  local list = {}
+  for conn in pairs(self._conns) do list[#list + 1] = conn end
+  table.sort(list, function(a, b) return a:id() < b:id() end)
+  return list
+end
+
+--- Stops accepting, removes the socket file and ends the connections: at once, or
+-- after letting them finish for up to opts.drain seconds.
+function Server:close(opts)
+  check_type("close", 1, opts, "table", true)
+  if self._c:is_open() then
+    self._last_stats = self._c:stats()
+    self._c:close()
+    live_servers[self] = nil
+  end
+  local drain = opts and opts.drain
+  if drain and next(self._conns) then
+    local w = waiter()
+    self._drained = w
+    wait_for(w, drain)
+  end
+  for conn in pairs(self._conns) do conn:_end_now("server closed", "SERVER_CLOSED") end
+  return true
+end
+
+-- The handler that data goes to: data(conn, msg), or request(conn, msg) -> reply.
+local function data_handler(h)
+  if h.data then return h.data end
+  if h.request then
+    local request = h.request
+    return function(conn, msg)
+      local reply = request(conn, msg)
+      if reply ~= nil then conn:write(reply) end
+    end
+  end
+  return nil
+end
+
+local function handlers_of(h)
+  if type(h) == "function" then return { connect = h } end
+  return {
+    connect = h.connect, disconnect = h.disconnect, error = h.error,
+    data = data_handler(h),
+  }
+end
+
+--- CreateNamedPipe + ConnectNamedPipe for every client: serves name with handlers.
+function npipe.listen(name, opts, handlers)
+  check_type("listen", 1, name, "string")
+  if handlers == nil and (type(opts) == "function" or (type(opts) == "table" and
+      (opts.data or opts.connect or opts.request))) then
+    opts, handlers = nil, opts
+  end
+  if type(handlers) ~= "function" then check_type("listen", 3, handlers, "table") end
+  local o = options("listen", opts, SERVER_OPTS)
+  local path, err, code = core.resolve(name, true)
+  if not path then return nil, err, code end
+  local c
+  c, err, code = core.listen(path, o.framing, o.max_message, o.high_water, o.mode, o.backlog)
+  if not c then return nil, err, code end
+  local server = setmetatable({ _c = c, _path = path, _conns = {}, _handlers = handlers_of(handlers),
+                                name = name }, Server)
+  core.bind(c, server)
+  live_servers[server] = true
+  return server
+end
+
+---- clients ----
+
+local function try_connect(path, o)
+  local c, err, code = core.connect(path, o.framing, o.max_message, o.high_water)
+  if not c then return nil, err, code end
+  local conn = new_conn(c, nil)
+  conn._client = true
+  conn._connw = waiter()
+  return conn
+end
+
+local RETRY_CODES = { ENOENT = true, ECONNREFUSED = true, EAGAIN = true }
+
+--- Connects to a server; with opts.timeout, waits for one to appear or to have
+-- room (WaitNamedPipe) for up to that many seconds.
+function npipe.connect(name, opts)
+  check_type("connect", 1, name, "string")
+  local o = options("connect", opts, CLIENT_OPTS)
+  check_timeout("connect", 2, o.timeout)
+  local path, err, code = core.resolve(name, false)
+  if not path then return nil, err, code end
+  local deadline = o.timeout and core.now() + o.timeout
+  while true do
+    local conn
+    conn, err, code = try_connect(path, o)
+    if not conn then return nil, err, code end
+    local left = deadline and math.max(0, deadline - core.now())
+    local ok
+    ok, err, code = wait_for(conn._connw, left)
+    if ok then return conn end
+    conn:_end_now("connect abandoned", "ECANCELED")
+    if code == "ETIMEDOUT" or not (deadline and RETRY_CODES[code]) or core.now() >= deadline then
+      return nil, ("cannot connect to %s: %s"):format(path, err), code
+    end
+    sched.sleep(math.min(RETRY_SECONDS, math.max(0, deadline - core.now())))
+  end
+end
+
+---- engine events ----
+
+local events = {}
+
+function events.accept(server, c)
+  local conn = new_conn(c, server)
+  server._conns[conn] = true
+  local on_connect = server._handlers.connect
+  if on_connect then submit(conn, on_connect, conn) end
+  settle()
+end
+
+function events.frame(conn, msg)
+  local server = conn._server
+  local on_data = server and server._handlers.data
+  if on_data then
+    submit(conn, on_data, conn, msg)
+  else
+    inbox_push(conn, msg)
+  end
+  settle()
+end
+
+local function wake_all(list, ...)
+  if not list then return end
+  for i = 1, #list do wake(list[i], ...) end
+end
+
+function events.closed(conn, reason, code)
+  conn._closed, conn._code = reason, code
+  wake_all(conn._readers, nil, "closed", code)
+  wake_all(conn._flushers, nil, "pipe closed before the peer read everything (" .. reason .. ")", code)
+  conn._readers, conn._flushers = nil, nil
+  local server = conn._server
+  if server then
+    server._conns[conn] = nil
+    local on_disconnect = server._handlers.disconnect
+    if on_disconnect then submit(conn, on_disconnect, conn, reason, code) end
+    if server._drained and next(server._conns) == nil then wake(server._drained, true) end
+  end
+  settle()
+end
+
+function events.connected(conn, err, code)
+  if err then wake(conn._connw, nil, err, code) else wake(conn._connw, true) end
+  settle()
+end
+
+function events.flushed(conn)
+  wake_all(conn._flushers, true)
+  conn._flushers = nil
+  settle()
+end
+
+function events.drained(conn)
+  wake_all(conn._drainers, true)
+  conn._drainers = nil
+  settle()
+end
+
+events.timer = sched.on_timer
+
+core.init(events)
+
+---- the loop ----
+
+--- Runs the loop until nothing is left to do or npipe.stop() is called.
+function npipe.run(mode) return sched.run(mode) end
+function npipe.stop() core.stop() end
+npipe.spawn = sched.spawn
+npipe.sleep = function(seconds)
+  check_timeout("sleep", 1, seconds)
+  sched.sleep(seconds or 0)
+end
+npipe.now = core.now
+npipe.backend_fd = core.backend_fd
+npipe.backend_timeout = core.backend_timeout
+
+--- What a pipe name resolves to (a socket path on Unix).
+function npipe.path(name)
+  check_type("path", 1, name, "string")
+  return core.resolve(name, false)
+end
+
+--- GetNamedPipeServerSessionId for servers of this process.
+function npipe.session_id() return core.session_id() end
+
+return npipe

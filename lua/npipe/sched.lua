@@ -1,0 +1,252 @@
+-- The scheduler: runs every handler and spawned function in a pooled coroutine,
+-- and turns "wait for an event" into a coroutine yield (inside npipe's coroutines)
+-- or into driving the loop (from a plain script's main chunk).
+local core = require("npipe.core")
+
+local coroutine_create, coroutine_resume = coroutine.create, coroutine.resume
+local coroutine_running, coroutine_yield = coroutine.running, coroutine.yield
+local traceback = debug.traceback
+local unpack = table.unpack or unpack -- luacheck: ignore 143
+local select = select
+
+local sched = {}
+
+local DONE, WAIT = {}, {} -- what a worker yields: its job ended, or it waits
+local is_worker = setmetatable({}, { __mode = "k" })
+local owner_of = setmetatable({}, { __mode = "k" }) -- worker -> conn or server it serves
+local pool = {}
+local ready = {}   -- waiters whose coroutine can go on
+local pending = {} -- objects with queued jobs that could not start where they were queued
+local in_loop = 0
+
+local function pack(...)
+  return { n = select("#", ...), ... }
+end
+sched.pack = pack
+
+-- xpcall with arguments also on Lua 5.1.
+local function call_job(fn, a, b, c)
+  return xpcall(function() return fn(a, b, c) end, traceback)
+end
+
+local function worker(fn, a, b, c)
+  while true do
+    local ok, err = call_job(fn, a, b, c)
+    fn, a, b, c = coroutine_yield(DONE, ok, err)
+  end
+end
+
+function sched.in_worker()
+  local co = coroutine_running()
+  return co ~= nil and is_worker[co] == true
+end
+local in_worker = sched.in_worker
+
+local function report(what, err)
+  io.stderr:write("npipe: ", what, ": ", tostring(err), "\n")
+end
+sched.report = report
+
+-- Objects that own jobs (connections) provide :_job_done(ok, err) and a queue.
+local function after_resume(co, ok, tag, jok, jerr)
+  if not ok then -- the worker itself broke: a bug in npipe, not in user code
+    is_worker[co] = nil
+    report("internal scheduler error", tag)
+    return
+  end
+  if tag ~= DONE then return end
+  local owner = owner_of[co]
+  owner_of[co] = nil
+  pool[#pool + 1] = co
+  if owner then
+    owner._busy = nil
+    owner:_job_done(jok, jerr)
+  elseif not jok then
+    report("error in a spawned function", jerr)
+  end
+end
+
+local function resume(co, ...)
+  after_resume(co, coroutine_resume(co, ...))
+end
+
+-- Starts fn(a, b, c) in a pooled worker on behalf of owner (may be nil). Only at top level.
+local function start(owner, fn, a, b, c)
+  local co = pool[#pool]
+  if co then pool[#pool] = nil else
+    co = coroutine_create(worker)
+    is_worker[co] = true
+  end
+  owner_of[co] = owner
+  if owner then owner._busy = co end
+  resume(co, fn, a, b, c)
+end
+sched.start = start
+
+-- Runs an owner's queued jobs one after another until it waits or has none left.
+local function run_queue(owner)
+  while not owner._busy do
+    local job = owner:_dequeue()
+    if not job then break end
+    start(owner, job[1], job[2], job[3], job[4])
+  end
+end
+
+-- Queues a job for owner; starts it now when that is safe.
+function sched.submit(owner, fn, a, b, c)
+  if owner._busy or owner._qn > 0 or in_worker() then
+    owner:_enqueue({ fn, a, b, c })
+    if not owner._busy then pending[#pending + 1] = owner end
+  else
+    start(owner, fn, a, b, c)
+  end
+end
+
+function sched.schedule(owner)
+  pending[#pending + 1] = owner
+end
+
+-- Lets everything that became runnable go on. Never from inside a worker.
+local pumping = false
+local function pump()
+  if pumping then return end
+  pumping = true
+  while #ready > 0 or #pending > 0 do
+    local r, p = ready, pending
+    ready, pending = {}, {}
+    for i = 1, #r do
+      local w = r[i]
+      resume(w.co, unpack(w.result, 1, w.result.n))
+    end
+    for i = 1, #p do run_queue(p[i]) end
+  end
+  pumping = false
+end
+sched.pump = pump
+
+-- Called at the end of every engine event.
+function sched.settle()
+  if not in_worker() then pump() end
+end
+
+---- waiting ----
+
+function sched.waiter()
+  return { done = false }
+end
+
+function sched.wake(w, ...)
+  if w.done then return end
+  w.done = true
+  w.result = pack(...)
+  if w.co then ready[#ready + 1] = w end
+end
+local wake = sched.wake
+
+local function drive(w)
+  if in_loop > 0 then
+    error("npipe: cannot wait here while the loop runs; wait inside a handler or npipe.spawn", 3)
+  end
+  in_loop = in_loop + 1
+  local ok, err = pcall(function()
+    while not w.done do
+      pump()
+      if w.done then break end
+      local alive = core.run("once")
+      if not alive and not w.done and #ready == 0 and #pending == 0 then
+        error("npipe: deadlock: waiting for an event with nothing left that could deliver it", 0)
+      end
+    end
+  end)
+  in_loop = in_loop - 1
+  if not ok then error(err, 0) end
+end
+
+-- Waits until wake(w, ...) and returns what it was woken with.
+function sched.wait(w)
+  if not w.done then
+    local co = coroutine_running()
+    if co and is_worker[co] then
+      w.co = co
+      coroutine_yield(WAIT)
+    else
+      drive(w)
+    end
+  end
+  sched.settle()
+  return unpack(w.result, 1, w.result.n)
+end
+local wait = sched.wait
+
+---- timers ----
+
+local timer_fn = {}
+
+function sched.on_timer(t)
+  local fn = timer_fn[t]
+  if fn then fn() end
+  sched.settle()
+end
+
+-- Calls fn once after seconds; returns a cancel function.
+function sched.after(seconds, fn)
+  local t = core.timer()
+  local function cancel()
+    if timer_fn[t] then
+      timer_fn[t] = nil
+      t:close()
+    end
+  end
+  timer_fn[t] = function() cancel(); fn() end
+  t:start(seconds * 1000)
+  return cancel
+end
+
+-- wait(w), woken with (nil, "timeout", "ETIMEDOUT") when seconds pass first.
+function sched.wait_for(w, seconds)
+  if seconds == nil then return wait(w) end
+  local cancel = sched.after(seconds, function() wake(w, nil, "timeout", "ETIMEDOUT") end)
+  local r = pack(wait(w))
+  cancel()
+  return unpack(r, 1, r.n)
+end
+
+function sched.sleep(seconds)
+  local w = sched.waiter()
+  sched.after(seconds, function() wake(w) end)
+  wait(w)
+end
+
+function sched.spawn(fn, ...)
+  local a, b, c = ...
+  if in_worker() then
+    local t = { _qn = 0 }
+    function t._dequeue(self) -- a one-job owner
+      if self._qn == 0 then return nil end
+      self._qn = 0
+      return { fn, a, b, c }
+    end
+    function t._enqueue() end
+    function t._job_done(_, ok, err)
+      if not ok then report("error in a spawned function", err) end
+    end
+    t._qn = 1
+    pending[#pending + 1] = t
+  else
+    start(nil, fn, a, b, c)
+  end
+end
+
+function sched.run(mode)
+  if in_worker() then error("npipe.run: cannot run the loop from inside a handler", 2) end
+  if in_loop > 0 then error("npipe.run: the loop is already running", 2) end
+  in_loop = in_loop + 1
+  pump()
+  local ok, alive = pcall(core.run, mode or "default")
+  pump()
+  in_loop = in_loop - 1
+  if not ok then error(alive, 0) end
+  return alive
+end
+
+return sched

@@ -1,0 +1,561 @@
+/* npipe.core: the thin Lua binding of the engine. It turns engine events into
+ * calls of Lua functions that lua/npipe/init.lua registers with core.init, and
+ * exposes servers, connections and timers as userdata. Scheduling, coroutines
+ * and the public API live on the Lua side. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <uv.h>
+
+#include "np_engine.h"
+
+#define CTX_KEY "npipe.ctx"
+#define CONN_MT "npipe.core.conn"
+#define SERVER_MT "npipe.core.server"
+#define TIMER_MT "npipe.core.timer"
+#define PATH_MAX_LEN 4096
+#define ERR_LEN 512
+
+enum { EV_ACCEPT, EV_FRAME, EV_CLOSED, EV_CONNECTED, EV_FLUSHED, EV_DRAINED, EV_TIMER, EV_COUNT };
+static const char *const event_names[EV_COUNT] = {"accept",  "frame",   "closed", "connected",
+                                                  "flushed", "drained", "timer"};
+
+typedef struct ctx {
+  uv_loop_t loop;
+  np_engine *engine;
+  lua_State *L;     /* the running thread that may receive events now */
+  int refs[EV_COUNT];
+  int objects;      /* weak table: box address -> userdata */
+  int closed;
+} ctx;
+
+typedef struct box {
+  ctx *x;
+  void *p;  /* np_conn*, np_server* or uv_timer_t*; NULL once the C object is gone */
+} box;
+
+/* Events arrive on whichever Lua thread called into C; remember it for the call. */
+#define WITH_THREAD(x, L, stmt) do { lua_State *saved_ = (x)->L; (x)->L = (L); stmt; (x)->L = saved_; } while (0)
+
+static ctx *get_ctx(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, CTX_KEY);
+  ctx *x = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return x;
+}
+
+static int push_error(lua_State *L, int code, const char *msg) {
+  lua_pushnil(L);
+  if (msg && msg[0]) lua_pushstring(L, msg);
+  else lua_pushfstring(L, "%s (%s)", uv_strerror(code), uv_err_name(code));
+  lua_pushstring(L, uv_err_name(code));
+  return 3;
+}
+
+/* ---- objects ---- */
+
+static box *new_box(lua_State *L, ctx *x, void *p, const char *mt) {
+  box *b = lua_newuserdata(L, sizeof *b);
+  b->x = x;
+  b->p = p;
+  luaL_setmetatable(L, mt);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, x->objects);
+  lua_pushvalue(L, -2);
+  lua_rawsetp(L, -2, b);
+  lua_pop(L, 1);
+  return b;
+}
+
+/* Pushes the Lua object that stands for b: the table bound to it by core.bind when
+ * there is one (the object user code sees), else the userdata itself. */
+static int push_box(lua_State *L, ctx *x, box *b) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, x->objects);
+  lua_rawgetp(L, -1, b);
+  lua_remove(L, -2);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_getiuservalue(L, -1, 1);
+  if (lua_isnil(L, -1)) lua_pop(L, 1);
+  else lua_remove(L, -2);
+  return 1;
+}
+
+static void *check_open(lua_State *L, int idx, const char *mt, const char *what) {
+  box *b = luaL_checkudata(L, idx, mt);
+  if (b->p == NULL) luaL_error(L, "attempt to use a closed %s", what);
+  return b->p;
+}
+
+/* ---- events: engine -> Lua ---- */
+
+/* Calls the registered Lua function for ev with the object's userdata and nargs more
+ * values already pushed. The Lua side catches handler errors itself; an error here
+ * is a bug in npipe, reported and survived. */
+static void dispatch(ctx *x, int ev, box *b, int nargs) {
+  lua_State *L = x->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, x->refs[ev]);
+  if (!push_box(L, x, b)) {
+    lua_pop(L, nargs + 1);
+    return;
+  }
+  lua_insert(L, -(nargs + 2));
+  lua_insert(L, -(nargs + 2));
+  if (lua_pcall(L, nargs + 1, 0, 0) != 0) {
+    fprintf(stderr, "npipe: internal error in %s event: %s\n", event_names[ev], lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
+static int ready(ctx *x, void *data) { return data != NULL && x->L != NULL && !x->closed; }
+
+static void ev_accept(np_server *s, np_conn *c) {
+  box *sb = np_server_data(s);
+  if (!sb || !ready(sb->x, sb)) {
+    np_conn_disconnect(c, "SHUTDOWN", "server object is gone");
+    return;
+  }
+  lua_State *L = sb->x->L;
+  box *cb = new_box(L, sb->x, c, CONN_MT);
+  np_conn_set_data(c, cb);
+  dispatch(sb->x, EV_ACCEPT, sb, 1);
+}
+
+static int ev_frame(np_conn *c, const char *data, size_t len) {
+  box *b = np_conn_data(c);
+  if (!b || !ready(b->x, b)) return 0;
+  lua_pushlstring(b->x->L, data, len);
+  dispatch(b->x, EV_FRAME, b, 1);
+  return 0;
+}
+
+static void ev_closed(np_conn *c, const char *code, const char *reason) {
+  box *b = np_conn_data(c);
+  if (!b || !ready(b->x, b)) return;
+  lua_pushstring(b->x->L, reason);
+  lua_pushstring(b->x->L, code);
+  dispatch(b->x, EV_CLOSED, b, 2);
+}
+
+static void ev_connected(np_conn *c, int status) {
+  box *b = np_conn_data(c);
+  if (!b || !ready(b->x, b)) return;
+  if (status == 0) {
+    dispatch(b->x, EV_CONNECTED, b, 0);
+    return;
+  }
+  lua_pushfstring(b->x->L, "%s (%s)", uv_strerror(status), uv_err_name(status));
+  lua_pushstring(b->x->L, uv_err_name(status));
+  dispatch(b->x, EV_CONNECTED, b, 2);
+}
+
+static void ev_flushed(np_conn *c) {
+  box *b = np_conn_data(c);
+  if (b && ready(b->x, b)) dispatch(b->x, EV_FLUSHED, b, 0);
+}
+
+static void ev_drained(np_conn *c) {
+  box *b = np_conn_data(c);
+  if (b && ready(b->x, b)) dispatch(b->x, EV_DRAINED, b, 0);
+}
+
+static void ev_released(void *data) { ((box *)data)->p = NULL; }
+
+static const np_events engine_events = {ev_accept, ev_frame,   ev_closed,  ev_connected,
+                                        ev_flushed, ev_drained, ev_released};
+
+/* ---- module functions ---- */
+
+static int l_init(lua_State *L) {
+  ctx *x = get_ctx(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  for (int i = 0; i < EV_COUNT; i++) {
+    lua_getfield(L, 1, event_names[i]);
+    luaL_argcheck(L, lua_isfunction(L, -1), 1, event_names[i]);
+    luaL_unref(L, LUA_REGISTRYINDEX, x->refs[i]);
+    x->refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  return 0;
+}
+
+static int l_resolve(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  int create = lua_toboolean(L, 2);
+  char path[PATH_MAX_LEN], err[ERR_LEN];
+  int rc = np_platform_resolve(name, create, path, sizeof path, err, sizeof err);
+  if (rc < 0) return push_error(L, rc, err);
+  lua_pushstring(L, path);
+  return 1;
+}
+
+static void check_conn_opts(lua_State *L, int idx, np_conn_opts *o) {
+  int framing = np_framing_parse(luaL_checkstring(L, idx));
+  luaL_argcheck(L, framing >= 0, idx, "framing must be 'bytes', 'lines' or 'message'");
+  lua_Integer max = luaL_checkinteger(L, idx + 1);
+  luaL_argcheck(L, max > 0 && max <= 0xFFFFFFFF, idx + 1, "max_message must be 1 .. 4294967295");
+  lua_Integer high = luaL_checkinteger(L, idx + 2);
+  luaL_argcheck(L, high > 0, idx + 2, "high_water must be positive");
+  o->framing = (np_framing_mode)framing;
+  o->max_message = (size_t)max;
+  o->high_water = (size_t)high;
+}
+
+static int l_listen(lua_State *L) {
+  ctx *x = get_ctx(L);
+  const char *path = luaL_checkstring(L, 1);
+  np_server_opts o;
+  check_conn_opts(L, 2, &o.conn);
+  o.mode = (int)luaL_checkinteger(L, 5);
+  o.backlog = (int)luaL_checkinteger(L, 6);
+  np_server *s;
+  char err[ERR_LEN];
+  int rc = np_server_listen(x->engine, path, &o, &s, err, sizeof err);
+  if (rc < 0) return push_error(L, rc, err);
+  np_server_set_data(s, new_box(L, x, s, SERVER_MT));
+  return 1;
+}
+
+static int l_connect(lua_State *L) {
+  ctx *x = get_ctx(L);
+  const char *path = luaL_checkstring(L, 1);
+  np_conn_opts o;
+  check_conn_opts(L, 2, &o);
+  np_conn *c;
+  int rc = np_conn_connect(x->engine, path, &o, &c);
+  if (rc < 0) return push_error(L, rc, NULL);
+  np_conn_set_data(c, new_box(L, x, c, CONN_MT));
+  return 1;
+}
+
+/* Binds a Lua table to a core object: events then carry the table. */
+static int l_bind(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TUSERDATA);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, 1);
+  return 0;
+}
+
+static int l_run(lua_State *L) {
+  static const char *const modes[] = {"default", "once", "nowait", NULL};
+  static const uv_run_mode uv_modes[] = {UV_RUN_DEFAULT, UV_RUN_ONCE, UV_RUN_NOWAIT};
+  ctx *x = get_ctx(L);
+  int mode = luaL_checkoption(L, 1, "default", modes);
+  int alive;
+  WITH_THREAD(x, L, alive = uv_run(&x->loop, uv_modes[mode]));
+  lua_pushboolean(L, alive);
+  return 1;
+}
+
+static int l_stop(lua_State *L) {
+  uv_stop(&get_ctx(L)->loop);
+  return 0;
+}
+
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
+  return 1;
+}
+
+static int l_session_id(lua_State *L) {
+  lua_pushinteger(L, np_platform_session_id(0));
+  return 1;
+}
+
+static int l_pid(lua_State *L) {
+  lua_pushinteger(L, np_platform_pid());
+  return 1;
+}
+
+static int l_backend_fd(lua_State *L) {
+  lua_pushinteger(L, uv_backend_fd(&get_ctx(L)->loop));
+  return 1;
+}
+
+static int l_backend_timeout(lua_State *L) {
+  lua_pushinteger(L, uv_backend_timeout(&get_ctx(L)->loop));
+  return 1;
+}
+
+/* ---- server ---- */
+
+static int server_close(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, SERVER_MT);
+  if (b->p) {
+    np_server_set_data(b->p, NULL);
+    np_server_close(b->p);
+    b->p = NULL;
+  }
+  return 0;
+}
+
+static int server_path(lua_State *L) {
+  lua_pushstring(L, np_server_path(check_open(L, 1, SERVER_MT, "server")));
+  return 1;
+}
+
+static void set_number(lua_State *L, const char *k, uint64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, k);
+}
+
+static int server_stats(lua_State *L) {
+  np_stats st = np_server_stats(check_open(L, 1, SERVER_MT, "server"));
+  lua_createtable(L, 0, 7);
+  set_number(L, "accepted", st.accepted);
+  set_number(L, "active", st.active);
+  set_number(L, "rejected", st.rejected);
+  set_number(L, "bytes_in", st.bytes_in);
+  set_number(L, "bytes_out", st.bytes_out);
+  set_number(L, "messages_in", st.messages_in);
+  set_number(L, "messages_out", st.messages_out);
+  return 1;
+}
+
+static int server_is_open(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, SERVER_MT);
+  lua_pushboolean(L, b->p != NULL);
+  return 1;
+}
+
+/* ---- connection ---- */
+
+static np_conn *open_conn(lua_State *L) {
+  np_conn *c = check_open(L, 1, CONN_MT, "connection");
+  return c;
+}
+
+static int conn_write(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  if (b->p == NULL || !np_conn_is_open(b->p)) return push_error(L, UV_EPIPE, "pipe is closed");
+  int rc;
+  WITH_THREAD(b->x, L, rc = np_conn_write(b->p, data, len));
+  if (rc < 0) return push_error(L, rc, NULL);
+  lua_pushinteger(L, (lua_Integer)(b->p ? np_conn_queued(b->p) : 0));
+  return 1;
+}
+
+static int conn_disconnect(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  const char *reason = luaL_optstring(L, 2, NULL);
+  const char *code = luaL_optstring(L, 3, NULL);
+  if (b->p && np_conn_is_open(b->p)) WITH_THREAD(b->x, L, np_conn_disconnect(b->p, code, reason));
+  return 0;
+}
+
+static int conn_gc(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  if (b->p) {
+    np_conn_set_data(b->p, NULL); /* no events for an object Lua has let go */
+    np_conn_disconnect(b->p, "GC", "connection object collected");
+    b->p = NULL;
+  }
+  return 0;
+}
+
+static int conn_flush(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  if (b->p == NULL) return push_error(L, UV_EPIPE, "pipe is closed");
+  int rc = np_conn_flush(b->p);
+  if (rc < 0) return push_error(L, rc, "pipe is closed");
+  lua_pushboolean(L, rc);
+  return 1;
+}
+
+static int conn_pause(lua_State *L) {
+  np_conn_pause(open_conn(L));
+  return 0;
+}
+
+static int conn_resume(lua_State *L) {
+  np_conn_resume(open_conn(L));
+  return 0;
+}
+
+static int conn_is_open(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  lua_pushboolean(L, b->p && np_conn_is_open(b->p));
+  return 1;
+}
+
+static int conn_peer(lua_State *L) {
+  np_cred cr;
+  int rc = np_conn_peer(open_conn(L), &cr);
+  if (rc < 0) return push_error(L, rc, "peer credentials are not available");
+  lua_pushinteger(L, cr.pid);
+  lua_pushinteger(L, cr.uid);
+  lua_pushinteger(L, cr.gid);
+  return 3;
+}
+
+static int conn_peer_session(lua_State *L) {
+  np_cred cr;
+  int rc = np_conn_peer(open_conn(L), &cr);
+  if (rc < 0 || cr.pid <= 0) return push_error(L, UV_ENOTSUP, "peer process id is not available");
+  long sid = np_platform_session_id(cr.pid);
+  if (sid < 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot read the session of process %d: %s", (int)cr.pid, uv_strerror((int)sid));
+    lua_pushstring(L, uv_err_name((int)sid));
+    return 3;
+  }
+  lua_pushinteger(L, sid);
+  return 1;
+}
+
+static int conn_queued(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)np_conn_queued(open_conn(L)));
+  return 1;
+}
+
+static int conn_id(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)np_conn_id(open_conn(L)));
+  return 1;
+}
+
+static int conn_framing(lua_State *L) {
+  const np_conn_opts *o = np_conn_options(open_conn(L));
+  lua_pushstring(L, np_framing_name(o->framing));
+  lua_pushinteger(L, (lua_Integer)o->max_message);
+  return 2;
+}
+
+/* ---- timers ---- */
+
+static void on_timer(uv_timer_t *t) {
+  box *b = t->data;
+  if (b && ready(b->x, b)) dispatch(b->x, EV_TIMER, b, 0);
+}
+
+static int l_timer(lua_State *L) {
+  ctx *x = get_ctx(L);
+  uv_timer_t *t = malloc(sizeof *t);
+  if (t == NULL) return luaL_error(L, "out of memory");
+  uv_timer_init(&x->loop, t);
+  t->data = new_box(L, x, t, TIMER_MT);
+  return 1;
+}
+
+static int timer_start(lua_State *L) {
+  uv_timer_t *t = check_open(L, 1, TIMER_MT, "timer");
+  lua_Number ms = luaL_checknumber(L, 2);
+  lua_Number rep = luaL_optnumber(L, 3, 0);
+  luaL_argcheck(L, ms >= 0 && rep >= 0, 2, "time must not be negative");
+  uv_timer_start(t, on_timer, (uint64_t)ms, (uint64_t)rep);
+  return 0;
+}
+
+static int timer_stop(lua_State *L) {
+  uv_timer_stop(check_open(L, 1, TIMER_MT, "timer"));
+  return 0;
+}
+
+static void free_handle(uv_handle_t *h) { free(h); }
+
+static int timer_close(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, TIMER_MT);
+  if (b->p) {
+    uv_timer_t *t = b->p;
+    t->data = NULL;
+    b->p = NULL;
+    if (!b->x->closed) uv_close((uv_handle_t *)t, free_handle);
+  }
+  return 0;
+}
+
+/* ---- state lifetime ---- */
+
+static void close_leftover(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (uv_is_closing(h)) return;
+  if (h->type == UV_TIMER) {
+    box *b = h->data;
+    if (b) b->p = NULL;
+    uv_close(h, free_handle);
+  }
+}
+
+/* lua_close: finalizers run newest first, so by now every object has been let go. */
+static int ctx_gc(lua_State *L) {
+  ctx *x = lua_touserdata(L, 1);
+  if (x->closed) return 0;
+  x->closed = 1;
+  np_engine_shutdown(x->engine);
+  uv_walk(&x->loop, close_leftover, NULL);
+  uv_run(&x->loop, UV_RUN_DEFAULT);
+  np_engine_free(x->engine);
+  uv_loop_close(&x->loop);
+  return 0;
+}
+
+static void new_metatable(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {
+  luaL_newmetatable(L, name);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, gc);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+}
+
+static void create_ctx(lua_State *L) {
+  ctx *x = lua_newuserdata(L, sizeof *x);
+  memset(x, 0, sizeof *x);
+  for (int i = 0; i < EV_COUNT; i++) x->refs[i] = LUA_NOREF;
+  if (uv_loop_init(&x->loop) != 0) luaL_error(L, "npipe: cannot create an event loop");
+  x->engine = np_engine_new(&x->loop, &engine_events);
+  if (x->engine == NULL) luaL_error(L, "npipe: out of memory");
+  lua_newtable(L); /* metatable of the ctx */
+  lua_pushcfunction(L, ctx_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, CTX_KEY);
+  lua_newtable(L);
+  lua_newtable(L);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  x->objects = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+static const luaL_Reg server_methods[] = {
+    {"close", server_close}, {"path", server_path}, {"stats", server_stats},
+    {"is_open", server_is_open}, {NULL, NULL}};
+
+static const luaL_Reg conn_methods[] = {
+    {"write", conn_write},   {"disconnect", conn_disconnect}, {"flush", conn_flush},
+    {"pause", conn_pause},   {"resume", conn_resume},         {"is_open", conn_is_open},
+    {"peer", conn_peer},     {"peer_session", conn_peer_session}, {"queued", conn_queued},
+    {"id", conn_id},         {"framing", conn_framing},       {NULL, NULL}};
+
+static const luaL_Reg timer_methods[] = {
+    {"start", timer_start}, {"stop", timer_stop}, {"close", timer_close}, {NULL, NULL}};
+
+static const luaL_Reg module_functions[] = {
+    {"init", l_init},           {"bind", l_bind},           {"resolve", l_resolve},   {"listen", l_listen},
+    {"connect", l_connect},     {"run", l_run},           {"stop", l_stop},
+    {"now", l_now},             {"timer", l_timer},       {"session_id", l_session_id},
+    {"pid", l_pid},             {"backend_fd", l_backend_fd},
+    {"backend_timeout", l_backend_timeout}, {NULL, NULL}};
+
+int luaopen_npipe_core(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, CTX_KEY);
+  int have_ctx = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  if (!have_ctx) create_ctx(L);
+  new_metatable(L, SERVER_MT, server_methods, server_close);
+  new_metatable(L, CONN_MT, conn_methods, conn_gc);
+  new_metatable(L, TIMER_MT, timer_methods, timer_close);
+  luaL_newlib(L, module_functions);
+  lua_pushliteral(L, "0.1.0");
+  lua_setfield(L, -2, "version");
+  return 1;
+}

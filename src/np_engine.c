@@ -1,0 +1,473 @@
+#include "np_engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One read buffer per engine: libuv reads into it and the framer consumes it before
+ * the read callback returns, so connections do not each hold 64 KiB while idle. */
+#define READ_BUFFER_SIZE (64 * 1024)
+#define FLUSH_POLL_MS 2
+
+enum { C_CONNECTING, C_OPEN, C_CLOSED };
+
+struct np_engine {
+  uv_loop_t *loop;
+  np_events ev;
+  np_server *servers;
+  np_conn *conns;
+  np_conn *flushing;
+  uv_timer_t flush_timer;
+  int flush_timer_on;
+  uint64_t next_id;
+  char readbuf[READ_BUFFER_SIZE];
+};
+
+struct np_server {
+  uv_pipe_t pipe;
+  np_engine *e;
+  np_server *prev, *next;
+  char *path;
+  np_file_id fid;
+  int have_fid;
+  int closing;
+  np_server_opts opts;
+  np_stats stats;
+  void *data;
+};
+
+struct np_conn {
+  uv_pipe_t pipe;
+  np_engine *e;
+  np_conn *prev, *next;
+  np_conn *flush_next;
+  np_server *server;
+  np_conn_opts opts;
+  np_framer fr;
+  size_t queued;
+  unsigned nwrites;
+  int state;
+  int paused;
+  int flush_pending;
+  int over_high;
+  np_cred cred;
+  uint64_t id;
+  void *data;
+};
+
+typedef struct np_wreq {
+  uv_write_t req;
+  np_conn *c;
+  size_t len;
+  char bytes[];
+} np_wreq;
+
+/* ---- intrusive lists ---- */
+
+#define LIST_ADD(head, x) do {       \
+    (x)->prev = NULL;                 \
+    (x)->next = (head);               \
+    if (head) { (head)->prev = (x); } \
+    (head) = (x);                     \
+  } while (0)
+#define LIST_DEL(head, x) do {                                         \
+    if ((x)->prev) { (x)->prev->next = (x)->next; } else { (head) = (x)->next; } \
+    if ((x)->next) { (x)->next->prev = (x)->prev; }                     \
+    (x)->prev = (x)->next = NULL;                                       \
+  } while (0)
+
+/* ---- engine ---- */
+
+np_engine *np_engine_new(uv_loop_t *loop, const np_events *events) {
+  np_engine *e = calloc(1, sizeof *e);
+  if (e == NULL) return NULL;
+  e->loop = loop;
+  e->ev = *events;
+  e->next_id = 1;
+  uv_timer_init(loop, &e->flush_timer);
+  np_platform_init();
+  return e;
+}
+
+uv_loop_t *np_engine_loop(np_engine *e) { return e->loop; }
+
+static void conn_end(np_conn *c, const char *code, const char *reason, int notify);
+
+void np_engine_shutdown(np_engine *e) {
+  while (e->servers) np_server_close(e->servers);
+  while (e->conns) conn_end(e->conns, "SHUTDOWN", "engine shut down", 0);
+  if (!uv_is_closing((uv_handle_t *)&e->flush_timer)) uv_close((uv_handle_t *)&e->flush_timer, NULL);
+}
+
+void np_engine_free(np_engine *e) { free(e); }
+
+/* ---- connections ---- */
+
+static np_conn *conn_new(np_engine *e, const np_conn_opts *opts) {
+  np_conn *c = calloc(1, sizeof *c);
+  if (c == NULL) return NULL;
+  c->e = e;
+  c->opts = *opts;
+  c->id = e->next_id++;
+  c->cred.pid = c->cred.uid = c->cred.gid = -1;
+  np_framer_init(&c->fr, opts->framing, opts->max_message);
+  uv_pipe_init(e->loop, &c->pipe, 0);
+  c->pipe.data = c;
+  return c;
+}
+
+static void on_conn_closed(uv_handle_t *h) {
+  np_conn *c = h->data;
+  if (c->data && c->e->ev.released) c->e->ev.released(c->data);
+  np_framer_free(&c->fr);
+  free(c);
+}
+
+static void flush_remove(np_conn *c) {
+  np_conn **p = &c->e->flushing;
+  while (*p && *p != c) p = &(*p)->flush_next;
+  if (*p) *p = c->flush_next;
+  c->flush_pending = 0;
+  c->flush_next = NULL;
+}
+
+static void conn_end(np_conn *c, const char *code, const char *reason, int notify) {
+  if (c->state == C_CLOSED) return;
+  int was_open = c->state == C_OPEN;
+  c->state = C_CLOSED;
+  if (c->flush_pending) flush_remove(c);
+  LIST_DEL(c->e->conns, c);
+  if (c->server && was_open) c->server->stats.active--;
+  if (was_open && notify && c->e->ev.closed) c->e->ev.closed(c, code, reason);
+  uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+}
+
+static void conn_fail(np_conn *c, int err, const char *what) {
+  char reason[160];
+  snprintf(reason, sizeof reason, "%s failed: %s (%s)", what, uv_err_name(err), uv_strerror(err));
+  conn_end(c, uv_err_name(err), reason, 1);
+}
+
+static int on_frame(void *ctx, const char *data, size_t len) {
+  np_conn *c = ctx;
+  if (c->server) c->server->stats.messages_in++;
+  int rc = c->e->ev.frame(c, data, len);
+  return rc ? rc : (c->state != C_OPEN);
+}
+
+static void framing_error(np_conn *c, int rc) {
+  char reason[200];
+  if (rc == NP_FRAME_ETOOBIG) {
+    snprintf(reason, sizeof reason, "%s too large: %llu bytes, the limit is %zu",
+             c->opts.framing == NP_FRAMING_LINES ? "line" : "message",
+             (unsigned long long)c->fr.announced, c->opts.max_message);
+    conn_end(c, "EMSGSIZE", reason, 1);
+  } else {
+    snprintf(reason, sizeof reason, "end of stream inside a message (%zu bytes of a frame unread)",
+             np_framer_pending(&c->fr));
+    conn_end(c, "EPROTO", reason, 1);
+  }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  np_conn *c = h->data;
+  (void)suggested;
+  buf->base = c->e->readbuf;
+  buf->len = READ_BUFFER_SIZE;
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  np_conn *c = s->data;
+  int rc;
+  if (n > 0) {
+    if (c->server) c->server->stats.bytes_in += (uint64_t)n;
+    rc = np_framer_feed(&c->fr, buf->base, (size_t)n, on_frame, c);
+    if (rc < 0 && c->state == C_OPEN) framing_error(c, rc);
+  } else if (n == UV_EOF) {
+    rc = np_framer_finish(&c->fr, on_frame, c);
+    if (c->state != C_OPEN) return;
+    if (rc < 0) framing_error(c, rc);
+    else conn_end(c, "EOF", "the peer closed the pipe", 1);
+  } else if (n < 0) {
+    conn_fail(c, (int)n, "read");
+  }
+}
+
+static int conn_open(np_conn *c) {
+  c->state = C_OPEN;
+  np_platform_peer_cred(&c->pipe, &c->cred);
+  LIST_ADD(c->e->conns, c);
+  return uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+}
+
+static void on_write(uv_write_t *req, int status) {
+  np_wreq *w = (np_wreq *)req;
+  np_conn *c = w->c;
+  c->queued -= w->len;
+  c->nwrites--;
+  free(w);
+  if (c->state != C_OPEN) return;
+  if (status < 0) {
+    conn_fail(c, status, "write");
+    return;
+  }
+  if (c->over_high && c->queued <= c->opts.high_water / 2) {
+    c->over_high = 0;
+    if (c->e->ev.drained) c->e->ev.drained(c);
+  }
+}
+
+/* Copies what uv_try_write could not send into one request. */
+static int queue_rest(np_conn *c, uv_buf_t *bufs, int nbufs, size_t skip, size_t rest) {
+  np_wreq *w = malloc(sizeof *w + rest);
+  if (w == NULL) return UV_ENOMEM;
+  size_t at = 0;
+  for (int i = 0; i < nbufs; i++) {
+    size_t off = skip < bufs[i].len ? skip : bufs[i].len;
+    skip -= off;
+    memcpy(w->bytes + at, bufs[i].base + off, bufs[i].len - off);
+    at += bufs[i].len - off;
+  }
+  w->c = c;
+  w->len = rest;
+  uv_buf_t b = uv_buf_init(w->bytes, (unsigned)rest);
+  int rc = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
+  if (rc < 0) {
+    free(w);
+    return rc;
+  }
+  c->queued += rest;
+  c->nwrites++;
+  if (c->queued >= c->opts.high_water) c->over_high = 1;
+  return 0;
+}
+
+static int frame_bufs(np_conn *c, const char *data, size_t len, char *hdr, uv_buf_t *bufs) {
+  int n = 0;
+  if (c->opts.framing == NP_FRAMING_MESSAGE) {
+    np_message_header(hdr, (uint32_t)len);
+    bufs[n++] = uv_buf_init(hdr, NP_MESSAGE_HEADER);
+  }
+  bufs[n++] = uv_buf_init((char *)data, (unsigned)len);
+  if (c->opts.framing == NP_FRAMING_LINES) bufs[n++] = uv_buf_init("\n", 1);
+  return n;
+}
+
+int np_conn_write(np_conn *c, const char *data, size_t len) {
+  if (c->state != C_OPEN) return UV_ENOTCONN;
+  if (len > UINT32_MAX) return UV_E2BIG;
+  if (len == 0 && c->opts.framing == NP_FRAMING_BYTES) return 0;
+  char hdr[NP_MESSAGE_HEADER];
+  uv_buf_t bufs[2];
+  int nbufs = frame_bufs(c, data, len, hdr, bufs);
+  size_t total = 0, done = 0;
+  for (int i = 0; i < nbufs; i++) total += bufs[i].len;
+  if (c->server) {
+    c->server->stats.bytes_out += total;
+    c->server->stats.messages_out++;
+  }
+  if (c->nwrites == 0) {
+    int r = uv_try_write((uv_stream_t *)&c->pipe, bufs, (unsigned)nbufs);
+    if (r >= 0) {
+      done = (size_t)r;
+    } else if (r != UV_EAGAIN) {
+      conn_fail(c, r, "write");
+      return r;
+    }
+  }
+  if (done == total) return 0;
+  int rc = queue_rest(c, bufs, nbufs, done, total - done);
+  if (rc < 0) conn_fail(c, rc, "write");
+  return rc;
+}
+
+void np_conn_disconnect(np_conn *c, const char *code, const char *reason) {
+  conn_end(c, code ? code : "DISCONNECTED", reason ? reason : "disconnected by the server", 1);
+}
+
+static int flush_done(np_conn *c) {
+  return c->nwrites == 0 && np_platform_unread(&c->pipe) <= 0;
+}
+
+/* Polled, because no OS call tells when the peer has consumed a Unix socket's data. */
+static void on_flush_poll(uv_timer_t *t) {
+  np_engine *e = t->data;
+  np_conn *list = e->flushing;
+  e->flushing = NULL;
+  while (list) {
+    np_conn *c = list;
+    list = c->flush_next;
+    c->flush_next = NULL;
+    if (c->state != C_OPEN) continue;
+    if (flush_done(c)) {
+      c->flush_pending = 0;
+      if (c->e->ev.flushed) c->e->ev.flushed(c);
+    } else {
+      c->flush_next = e->flushing;
+      e->flushing = c;
+    }
+  }
+  if (e->flushing == NULL) {
+    uv_timer_stop(t);
+    e->flush_timer_on = 0;
+  }
+}
+
+int np_conn_flush(np_conn *c) {
+  np_engine *e = c->e;
+  if (c->state != C_OPEN) return UV_ENOTCONN;
+  if (flush_done(c)) return 1;
+  if (!c->flush_pending) {
+    c->flush_pending = 1;
+    c->flush_next = e->flushing;
+    e->flushing = c;
+  }
+  if (!e->flush_timer_on) {
+    e->flush_timer.data = e;
+    uv_timer_start(&e->flush_timer, on_flush_poll, FLUSH_POLL_MS, FLUSH_POLL_MS);
+    e->flush_timer_on = 1;
+  }
+  return 0;
+}
+
+void np_conn_pause(np_conn *c) {
+  if (c->state == C_OPEN && !c->paused) uv_read_stop((uv_stream_t *)&c->pipe);
+  c->paused = 1;
+}
+
+void np_conn_resume(np_conn *c) {
+  if (c->state == C_OPEN && c->paused) uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+  c->paused = 0;
+}
+
+int np_conn_is_open(const np_conn *c) { return c->state == C_OPEN; }
+
+int np_conn_peer(np_conn *c, np_cred *out) {
+  *out = c->cred;
+  return c->cred.uid < 0 ? UV_ENOTSUP : 0;
+}
+
+size_t np_conn_queued(const np_conn *c) { return c->queued; }
+uint64_t np_conn_id(const np_conn *c) { return c->id; }
+np_server *np_conn_server(const np_conn *c) { return c->server; }
+void np_conn_set_data(np_conn *c, void *data) { c->data = data; }
+void *np_conn_data(const np_conn *c) { return c->data; }
+uv_pipe_t *np_conn_pipe(np_conn *c) { return &c->pipe; }
+const np_conn_opts *np_conn_options(const np_conn *c) { return &c->opts; }
+
+/* ---- client ---- */
+
+static void on_connect(uv_connect_t *req, int status) {
+  np_conn *c = req->handle->data;
+  free(req);
+  if (c->state == C_CLOSED) return; /* given up while connecting */
+  if (status == 0) status = conn_open(c);
+  if (status < 0) {
+    c->state = C_CLOSED;
+    if (c->e->ev.connected) c->e->ev.connected(c, status);
+    uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+    return;
+  }
+  if (c->e->ev.connected) c->e->ev.connected(c, 0);
+}
+
+int np_conn_connect(np_engine *e, const char *path, const np_conn_opts *opts, np_conn **out) {
+  uv_connect_t *req = malloc(sizeof *req);
+  np_conn *c = req ? conn_new(e, opts) : NULL;
+  if (c == NULL) {
+    free(req);
+    return UV_ENOMEM;
+  }
+  c->state = C_CONNECTING;
+  uv_pipe_connect(req, &c->pipe, path, on_connect);
+  *out = c;
+  return 0;
+}
+
+/* ---- servers ---- */
+
+static void on_connection(uv_stream_t *ls, int status) {
+  np_server *s = ls->data;
+  if (status < 0) return; /* e.g. EMFILE: the client stays in the backlog and is retried */
+  np_conn *c = conn_new(s->e, &s->opts.conn);
+  if (c == NULL) return;
+  if (uv_accept(ls, (uv_stream_t *)&c->pipe) != 0) {
+    c->state = C_CLOSED;
+    uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+    return;
+  }
+  c->server = s;
+  s->stats.accepted++;
+  s->stats.active++;
+  if (conn_open(c) != 0) {
+    conn_end(c, "EIO", "could not start reading", 0);
+    return;
+  }
+  s->e->ev.accept(s, c);
+}
+
+static void on_server_closed(uv_handle_t *h) {
+  np_server *s = h->data;
+  if (s->data && s->e->ev.released) s->e->ev.released(s->data);
+  free(s->path);
+  free(s);
+}
+
+static int bind_or_reclaim(np_server *s, const char *path, char *err, size_t errlen) {
+  int rc = np_platform_bind(&s->pipe, path, s->opts.mode);
+  if (rc != UV_EADDRINUSE) return rc;
+  int live = np_platform_reclaim(path, err, errlen);
+  if (live < 0) return live;
+  if (live) {
+    snprintf(err, errlen, "pipe %s is already in use by a live server", path);
+    return UV_EADDRINUSE;
+  }
+  return np_platform_bind(&s->pipe, path, s->opts.mode);
+}
+
+static int server_fail(np_server *s, int rc, const char *what, char *err, size_t errlen) {
+  if (err[0] == '\0') snprintf(err, errlen, "%s %s: %s", what, s->path, uv_strerror(rc));
+  s->closing = 1;
+  uv_close((uv_handle_t *)&s->pipe, on_server_closed);
+  return rc;
+}
+
+int np_server_listen(np_engine *e, const char *path, const np_server_opts *opts, np_server **out,
+                     char *err, size_t errlen) {
+  np_server *s = calloc(1, sizeof *s);
+  if (s == NULL || (s->path = strdup(path)) == NULL) {
+    free(s);
+    return UV_ENOMEM;
+  }
+  err[0] = '\0';
+  s->e = e;
+  s->opts = *opts;
+  uv_pipe_init(e->loop, &s->pipe, 0);
+  s->pipe.data = s;
+  int rc = bind_or_reclaim(s, path, err, errlen);
+  if (rc < 0) return server_fail(s, rc, "cannot bind", err, errlen);
+  s->have_fid = np_platform_file_id(path, &s->fid) == 0;
+  rc = uv_listen((uv_stream_t *)&s->pipe, opts->backlog, on_connection);
+  if (rc < 0) {
+    if (s->have_fid) np_platform_unlink_if_same(path, &s->fid);
+    return server_fail(s, rc, "cannot listen on", err, errlen);
+  }
+  LIST_ADD(e->servers, s);
+  *out = s;
+  return 0;
+}
+
+void np_server_close(np_server *s) {
+  if (s->closing) return;
+  s->closing = 1;
+  LIST_DEL(s->e->servers, s);
+  for (np_conn *c = s->e->conns; c; c = c->next)
+    if (c->server == s) c->server = NULL;
+  if (s->have_fid) np_platform_unlink_if_same(s->path, &s->fid);
+  uv_close((uv_handle_t *)&s->pipe, on_server_closed);
+}
+
+const char *np_server_path(const np_server *s) { return s->path; }
+np_stats np_server_stats(const np_server *s) { return s->stats; }
+void np_server_set_data(np_server *s, void *data) { s->data = data; }
+void *np_server_data(const np_server *s) { return s->data; }

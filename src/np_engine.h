@@ -1,0 +1,88 @@
+/* npipe engine: servers and connections on a libuv loop, with framing and a write
+ * queue. No Lua here: a host (the Lua binding, or a C program) receives events
+ * through np_events and owns nothing but the opaque pointers it is handed. */
+#ifndef NP_ENGINE_H
+#define NP_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "np_framing.h"
+#include "np_platform.h"
+
+typedef struct np_engine np_engine;
+typedef struct np_server np_server;
+typedef struct np_conn np_conn;
+
+typedef struct np_events {
+  /* A client connected to a server; reading has started. */
+  void (*accept)(np_server *s, np_conn *c);
+  /* One chunk, line or message. Non-zero: the host closed the conn, stop delivering. */
+  int (*frame)(np_conn *c, const char *data, size_t len);
+  /* The connection ended (exactly once per connection that was established).
+   * code is a short stable name ("EOF", "DISCONNECTED", "EMSGSIZE", libuv error names). */
+  void (*closed)(np_conn *c, const char *code, const char *reason);
+  /* A client connect finished; status < 0 means it failed and the conn is gone. */
+  void (*connected)(np_conn *c, int status);
+  /* Every byte written so far has been read by the peer. */
+  void (*flushed)(np_conn *c);
+  /* The write queue dropped below the low-water mark after passing the high one. */
+  void (*drained)(np_conn *c);
+  /* The engine is about to free an object: forget every pointer to it. */
+  void (*released)(void *host_data);
+} np_events;
+
+typedef struct np_conn_opts {
+  np_framing_mode framing;
+  size_t max_message;
+  size_t high_water; /* queued bytes at which writes report backpressure */
+} np_conn_opts;
+
+typedef struct np_server_opts {
+  np_conn_opts conn;
+  int mode;    /* permission bits of the socket file */
+  int backlog;
+} np_server_opts;
+
+typedef struct np_stats {
+  uint64_t accepted, active, rejected, bytes_in, bytes_out, messages_in, messages_out;
+} np_stats;
+
+np_engine *np_engine_new(uv_loop_t *loop, const np_events *events);
+/* Closes every server and connection (no events but released); run the loop
+ * afterwards until it has nothing left, then call np_engine_free. */
+void np_engine_shutdown(np_engine *e);
+void np_engine_free(np_engine *e);
+uv_loop_t *np_engine_loop(np_engine *e);
+
+int np_server_listen(np_engine *e, const char *path, const np_server_opts *opts, np_server **out,
+                     char *err, size_t errlen);
+/* Stops accepting and removes the socket file. Connections stay open. */
+void np_server_close(np_server *s);
+const char *np_server_path(const np_server *s);
+np_stats np_server_stats(const np_server *s);
+void np_server_set_data(np_server *s, void *data);
+
+int np_conn_connect(np_engine *e, const char *path, const np_conn_opts *opts, np_conn **out);
+/* Queues len bytes as one frame. 0, or a negative uv error code. */
+int np_conn_write(np_conn *c, const char *data, size_t len);
+/* DisconnectNamedPipe: immediate; queued writes and unread input are dropped.
+ * The closed event follows synchronously with the given code and reason. */
+void np_conn_disconnect(np_conn *c, const char *code, const char *reason);
+/* 1: the peer has read everything; 0: a flushed event will follow; <0: error. */
+int np_conn_flush(np_conn *c);
+void np_conn_pause(np_conn *c);
+void np_conn_resume(np_conn *c);
+int np_conn_is_open(const np_conn *c);
+int np_conn_peer(np_conn *c, np_cred *out);
+size_t np_conn_queued(const np_conn *c);
+uint64_t np_conn_id(const np_conn *c);
+np_server *np_conn_server(const np_conn *c);
+void np_conn_set_data(np_conn *c, void *data);
+void *np_conn_data(const np_conn *c);
+void *np_server_data(const np_server *s);
+uv_pipe_t *np_conn_pipe(np_conn *c);
+const np_conn_opts *np_conn_options(const np_conn *c);
+
+#endif

@@ -1,0 +1,51 @@
+/* The OS-specific parts of npipe: everything that differs between Unix domain
+ * sockets and Windows named pipes lives behind these calls. */
+#ifndef NP_PLATFORM_H
+#define NP_PLATFORM_H
+
+#include <stddef.h>
+#include <uv.h>
+
+typedef struct np_cred {
+  long pid;  /* -1 when unknown */
+  long uid;
+  long gid;
+} np_cred;
+
+/* Once per process: make a write to a vanished peer fail with EPIPE instead of
+ * killing the process with SIGPIPE (Unix; nothing to do on Windows). */
+void np_platform_init(void);
+
+/* Resolves a pipe name to what the OS binds: a bare name goes in the per-user
+ * directory (created 0700 when create_dir), a name with '/' is a path as is.
+ * Returns 0, or a negative uv error code with a message in err. */
+int np_platform_resolve(const char *name, int create_dir, char *out, size_t outlen,
+                        char *err, size_t errlen);
+
+/* Called by a server whose bind found the name taken: 1 if a live server answers,
+ * 0 if the file was a stale socket and has been removed, <0 on error (message in err). */
+int np_platform_reclaim(const char *path, char *err, size_t errlen);
+
+/* Identity of the process at the other end of a connected pipe. */
+int np_platform_peer_cred(uv_pipe_t *pipe, np_cred *out);
+
+/* Session id: of a process (pid > 0), or of this process (pid == 0).
+ * POSIX session on Unix, Terminal Services session on Windows. <0: uv error code. */
+long np_platform_session_id(long pid);
+long np_platform_pid(void);
+
+/* Bytes written on this pipe that the peer has not read yet (SIOCOUTQ on Linux).
+ * <0 when the OS cannot tell, in which case a flush only waits for libuv's queue. */
+long np_platform_unread(uv_pipe_t *pipe);
+
+/* Socket file bookkeeping so that a server removes only the file it created. */
+typedef struct np_file_id {
+  unsigned long long dev, ino;
+} np_file_id;
+int np_platform_file_id(const char *path, np_file_id *out);
+void np_platform_unlink_if_same(const char *path, const np_file_id *id);
+
+/* Bind with the socket file created no wider than mode (no window with wider access). */
+int np_platform_bind(uv_pipe_t *pipe, const char *path, int mode);
+
+#endif

@@ -1,0 +1,170 @@
+/* Linux/Unix side of the platform layer: a named pipe is an AF_UNIX stream socket. */
+#define _GNU_SOURCE
+#include "np_platform.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <linux/sockios.h>
+#endif
+
+#define WIN_PREFIX "\\\\.\\pipe\\"
+#define SUN_PATH_MAX (sizeof(((struct sockaddr_un *)0)->sun_path) - 1)
+
+void np_platform_init(void) {
+  struct sigaction sa;
+  /* Leave a handler the host installed alone; only the default (die) is replaced. */
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
+}
+
+static int fail(char *err, size_t errlen, int code, const char *fmt, const char *arg) {
+  snprintf(err, errlen, fmt, arg);
+  return code;
+}
+
+/* The per-user directory must be ours alone: a directory someone else can write to
+ * lets them replace our socket with theirs. */
+static int check_dir(const char *dir, char *err, size_t errlen) {
+  struct stat st;
+  if (lstat(dir, &st) != 0) return fail(err, errlen, -errno, "cannot use pipe directory %s", dir);
+  if (!S_ISDIR(st.st_mode)) return fail(err, errlen, UV_ENOTDIR, "pipe directory %s is not a directory", dir);
+  if (st.st_uid != geteuid())
+    return fail(err, errlen, UV_EPERM, "pipe directory %s is owned by another user", dir);
+  if (st.st_mode & 022)
+    return fail(err, errlen, UV_EPERM, "pipe directory %s is writable by other users", dir);
+  return 0;
+}
+
+static void user_dir(char *out, size_t outlen) {
+  const char *xdg = getenv("XDG_RUNTIME_DIR");
+  if (xdg && xdg[0] == '/')
+    snprintf(out, outlen, "%s/npipe", xdg);
+  else
+    snprintf(out, outlen, "/tmp/npipe-%lu", (unsigned long)geteuid());
+}
+
+static int valid_bare_name(const char *name) {
+  return name[0] != '\0' && strcmp(name, ".") != 0 && strcmp(name, "..") != 0;
+}
+
+int np_platform_resolve(const char *name, int create_dir, char *out, size_t outlen,
+                        char *err, size_t errlen) {
+  if (strncmp(name, WIN_PREFIX, strlen(WIN_PREFIX)) == 0) name += strlen(WIN_PREFIX);
+  if (strchr(name, '/') != NULL) {
+    snprintf(out, outlen, "%s", name);
+  } else {
+    char dir[512];
+    if (!valid_bare_name(name)) return fail(err, errlen, UV_EINVAL, "invalid pipe name '%s'", name);
+    user_dir(dir, sizeof dir);
+    if (create_dir) {
+      if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return fail(err, errlen, -errno, "cannot create pipe directory %s", dir);
+      int rc = check_dir(dir, err, errlen);
+      if (rc) return rc;
+    }
+    if ((size_t)snprintf(out, outlen, "%s/%s", dir, name) >= outlen) out[0] = '\0';
+  }
+  size_t n = strlen(out);
+  if (n == 0 || n > SUN_PATH_MAX) {
+    snprintf(err, errlen, "pipe path too long for a Unix socket (%zu bytes, the limit is %zu)",
+             n ? n : strlen(name), (size_t)SUN_PATH_MAX);
+    return UV_ENAMETOOLONG;
+  }
+  return 0;
+}
+
+int np_platform_reclaim(const char *path, char *err, size_t errlen) {
+  struct stat st;
+  if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : fail(err, errlen, -errno, "cannot inspect %s", path);
+  if (!S_ISSOCK(st.st_mode)) return fail(err, errlen, UV_EEXIST, "%s exists and is not a socket", path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return fail(err, errlen, -errno, "cannot probe %s", path);
+  struct sockaddr_un sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  memcpy(sa.sun_path, path, strlen(path));
+  int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+  int e = errno;
+  close(fd);
+  if (rc == 0 || e == EAGAIN || e == EINPROGRESS) return 1; /* someone listens: a live server */
+  if (e != ECONNREFUSED) return fail(err, errlen, -e, "cannot probe %s", path);
+  if (unlink(path) != 0 && errno != ENOENT) return fail(err, errlen, -errno, "cannot remove stale socket %s", path);
+  return 0;
+}
+
+static int pipe_fd(uv_pipe_t *pipe) {
+  uv_os_fd_t fd;
+  return uv_fileno((uv_handle_t *)pipe, &fd) == 0 ? fd : -1;
+}
+
+int np_platform_peer_cred(uv_pipe_t *pipe, np_cred *out) {
+#if defined(SO_PEERCRED)
+  struct ucred uc;
+  socklen_t len = sizeof uc;
+  int fd = pipe_fd(pipe);
+  if (fd < 0) return UV_EBADF;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0) return -errno;
+  out->pid = uc.pid;
+  out->uid = uc.uid;
+  out->gid = uc.gid;
+  return 0;
+#else
+  uid_t uid;
+  gid_t gid;
+  int fd = pipe_fd(pipe);
+  if (fd < 0) return UV_EBADF;
+  if (getpeereid(fd, &uid, &gid) != 0) return -errno;
+  out->pid = -1;
+  out->uid = uid;
+  out->gid = gid;
+  return 0;
+#endif
+}
+
+long np_platform_session_id(long pid) {
+  pid_t sid = getsid((pid_t)pid);
+  return sid < 0 ? -errno : (long)sid;
+}
+
+long np_platform_pid(void) { return (long)getpid(); }
+
+long np_platform_unread(uv_pipe_t *pipe) {
+#if defined(SIOCOUTQ)
+  int n = 0;
+  int fd = pipe_fd(pipe);
+  if (fd < 0 || ioctl(fd, SIOCOUTQ, &n) != 0) return -1;
+  return n;
+#else
+  (void)pipe;
+  return -1;
+#endif
+}
+
+int np_platform_file_id(const char *path, np_file_id *out) {
+  struct stat st;
+  if (lstat(path, &st) != 0) return -errno;
+  out->dev = st.st_dev;
+  out->ino = st.st_ino;
+  return 0;
+}
+
+void np_platform_unlink_if_same(const char *path, const np_file_id *id) {
+  np_file_id now;
+  if (np_platform_file_id(path, &now) == 0 && now.dev == id->dev && now.ino == id->ino) unlink(path);
+}
+
+int np_platform_bind(uv_pipe_t *pipe, const char *path, int mode) {
+  mode_t old = umask((mode_t)(0777 & ~mode));
+  int rc = uv_pipe_bind(pipe, path);
+  umask(old);
+  return rc;
+}
