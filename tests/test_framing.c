@@ -236,6 +236,36 @@ static void test_lines_split_across_feeds(void) {
   np_framer_free(&f);
 }
 
+/* A 200 KiB line in random pieces: the buffer grows past 64 KiB and is released. */
+static void test_lines_long_line(void) {
+  const size_t big = 200 * 1024;
+  np_framer f;
+  collector c;
+  char *line = (char *)malloc(big + 2);
+  size_t i, off = 0;
+  if (line == NULL) abort();
+  g_rng = 0xDEADBEEFu;
+  for (i = 0; i < big; i++) line[i] = (char)('a' + rnd() % 26);
+  line[big] = '\r';
+  line[big + 1] = '\n';
+  np_framer_init(&f, NP_FRAMING_LINES, big);
+  collector_init(&c);
+  while (off < big + 2) {
+    size_t n = rnd() % 10000 + 1;
+    if (n > big + 2 - off) n = big + 2 - off;
+    CHECK(np_framer_feed(&f, line + off, n, collect, &c) == 0);
+    off += n;
+  }
+  CHECK(feed_str(&f, "short\n", &c) == 0);
+  CHECK(c.count == 2);
+  CHECK(frame_is(&c, 0, line, big));
+  CHECK(frame_is_str(&c, 1, "short"));
+  CHECK(np_framer_pending(&f) == 0);
+  free(line);
+  collector_free(&c);
+  np_framer_free(&f);
+}
+
 static void test_lines_many_in_one_feed(void) {
   np_framer f;
   collector c;
@@ -924,6 +954,7 @@ int main(void) {
       TEST(test_lines_basic),
       TEST(test_lines_crlf),
       TEST(test_lines_split_across_feeds),
+      TEST(test_lines_long_line),
       TEST(test_lines_many_in_one_feed),
       TEST(test_lines_empty_line),
       TEST(test_lines_finish_unterminated),

@@ -4,7 +4,7 @@
 local core = require("npipe.core")
 local sched = require("npipe.sched")
 
-local wait, wait_for, waiter, wake = sched.wait, sched.wait_for, sched.waiter, sched.wake
+local wait_for, waiter, wake = sched.wait_for, sched.waiter, sched.wake
 local submit, settle = sched.submit, sched.settle
 
 local npipe = { _VERSION = "npipe " .. core.version, version = core.version }
@@ -286,7 +286,8 @@ end
 local Server = {}
 Server.__index = Server
 npipe.Server = Server
-local live_servers = {} -- a listening server runs even when the script drops its object
+-- A listening server runs even when the script drops its object.
+local live_servers = {} -- luacheck: ignore 241
 
 function Server:__tostring()
   return ("npipe.server(%s)"):format(self.path)
@@ -295,7 +296,7 @@ end
 Server.__close = function(self) self:close() end
 
 function Server:path() return self._path end
-function Server:session_id() return core.session_id() end
+function Server.session_id() return core.session_id() end
 function Server:is_open() return self._c:is_open() end
 
 function Server:stats()

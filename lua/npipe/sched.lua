@@ -6,7 +6,7 @@ local core = require("npipe.core")
 local coroutine_create, coroutine_resume = coroutine.create, coroutine.resume
 local coroutine_running, coroutine_yield = coroutine.running, coroutine.yield
 local traceback = debug.traceback
-local unpack = table.unpack or unpack -- luacheck: ignore 143
+local unpack = table.unpack or _G.unpack -- Lua 5.1 and LuaJIT
 local select = select
 
 local sched = {}

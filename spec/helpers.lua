@@ -1,0 +1,105 @@
+-- Shared by the specs: unique pipe names, child processes, and small waits.
+local npipe = require("npipe")
+
+local helpers = {}
+
+helpers.lua = os.getenv("NPIPE_LUA") or "lua5.4"
+helpers.root = os.getenv("NPIPE_ROOT") or "."
+helpers.tmp = os.getenv("NPIPE_SPEC_TMP") or ("/tmp/npipe-spec-" .. require("npipe.core").pid())
+os.execute("mkdir -p " .. helpers.tmp)
+
+local counter = 0
+function helpers.name(tag)
+  counter = counter + 1
+  return ("spec-%s-%d-%d"):format(tag or "t", require("npipe.core").pid(), counter)
+end
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+helpers.quote = shell_quote
+
+-- Starts a shell command in the background; returns its pid and its output file.
+function helpers.spawn(cmd)
+  counter = counter + 1
+  local out = ("%s/child-%d.out"):format(helpers.tmp, counter)
+  local p = assert(io.popen(("%s > %s 2>&1 & echo $!"):format(cmd, out)))
+  local pid = tonumber(p:read("*l"))
+  p:close()
+  return pid, out
+end
+
+-- Runs a Lua script file (path relative to the root) with arguments, in the background.
+function helpers.spawn_lua(script, ...)
+  local args = {}
+  for i = 1, select("#", ...) do args[#args + 1] = shell_quote(select(i, ...)) end
+  return helpers.spawn(("exec %s %s %s"):format(helpers.lua, shell_quote(script), table.concat(args, " ")))
+end
+
+function helpers.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+function helpers.write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+function helpers.alive(pid)
+  return os.execute(("kill -0 %d 2>/dev/null"):format(pid)) == true
+end
+
+function helpers.kill(pid, sig)
+  os.execute(("kill -%s %d 2>/dev/null"):format(sig or "TERM", pid))
+end
+
+-- Polls cond (driving npipe's loop in between) until it is true or seconds pass.
+function helpers.wait_until(cond, seconds)
+  local deadline = npipe.now() + (seconds or 5)
+  while npipe.now() < deadline do
+    local v = cond()
+    if v then return v end
+    npipe.sleep(0.01)
+  end
+  return cond()
+end
+
+function helpers.wait_exit(pid, seconds)
+  return helpers.wait_until(function() return not helpers.alive(pid) end, seconds)
+end
+
+-- Output of a shell command, without the trailing newline.
+function helpers.capture(cmd)
+  local p = assert(io.popen(cmd))
+  local s = p:read("*a")
+  p:close()
+  return (s:gsub("%s+$", ""))
+end
+
+function helpers.exists(path)
+  return os.execute("test -e " .. shell_quote(path)) == true
+end
+
+-- A 4-byte big-endian length prefix: the wire form of message framing.
+function helpers.frame(msg)
+  return string.pack(">s4", msg)
+end
+
+-- Runs fn in an npipe coroutine and drives the loop until it returns; errors propagate.
+function helpers.run(fn, seconds)
+  local done, ok, err = false, true, nil
+  npipe.spawn(function()
+    local r = table.pack(xpcall(fn, debug.traceback))
+    ok, err, done = r[1], r[2], true
+  end)
+  helpers.wait_until(function() return done end, seconds or 30)
+  assert(done, "spec body did not finish in time")
+  if not ok then error(err, 0) end
+end
+
+return helpers
