@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${NPIPE_BUILD:-build}
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=${NPIPE_BUILD_TYPE:-RelWithDebInfo} ${NPIPE_CMAKE_ARGS:-} >/dev/null
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=${NPIPE_BUILD_TYPE:-RelWithDebInfo} -DBUILD_TESTING=ON ${NPIPE_CMAKE_ARGS:-} >/dev/null
 cmake --build "$BUILD" -j"$(nproc)" >/dev/null

@@ -2,6 +2,7 @@
  * calls of Lua functions that lua/npipe/init.lua registers with core.init, and
  * exposes servers, connections and timers as userdata. Scheduling, coroutines
  * and the public API live on the Lua side. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,12 +17,13 @@
 #define CONN_MT "npipe.core.conn"
 #define SERVER_MT "npipe.core.server"
 #define TIMER_MT "npipe.core.timer"
+#define SIGNAL_MT "npipe.core.signal"
 #define PATH_MAX_LEN 4096
 #define ERR_LEN 512
 
-enum { EV_ACCEPT, EV_FRAME, EV_CLOSED, EV_CONNECTED, EV_FLUSHED, EV_DRAINED, EV_TIMER, EV_COUNT };
+enum { EV_ACCEPT, EV_FRAME, EV_CLOSED, EV_CONNECTED, EV_FLUSHED, EV_DRAINED, EV_TIMER, EV_SIGNAL, EV_COUNT };
 static const char *const event_names[EV_COUNT] = {"accept",  "frame",   "closed", "connected",
-                                                  "flushed", "drained", "timer"};
+                                                  "flushed", "drained", "timer",  "signal"};
 
 typedef struct ctx {
   uv_loop_t loop;
@@ -238,6 +240,61 @@ static int l_bind(lua_State *L) {
   lua_settop(L, 2);
   lua_setiuservalue(L, 1, 1);
   return 0;
+}
+
+static int l_open_fd(lua_State *L) {
+  ctx *x = get_ctx(L);
+  int fd = (int)luaL_checkinteger(L, 1);
+  np_conn_opts o;
+  check_conn_opts(L, 2, &o);
+  np_conn *c;
+  int rc = np_conn_open_fd(x->engine, fd, &o, &c);
+  if (rc < 0) return push_error(L, rc, NULL);
+  np_conn_set_data(c, new_box(L, x, c, CONN_MT));
+  return 1;
+}
+
+/* "live" (with the server's pid, uid, gid where known), "stale", or nil, message, code. */
+static int l_probe(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  np_cred cr;
+  char err[ERR_LEN];
+  int rc = np_platform_probe(path, &cr, err, sizeof err);
+  if (rc < 0) return push_error(L, rc, err);
+  lua_pushstring(L, rc ? "live" : "stale");
+  if (!rc || cr.pid < 0) return 1;
+  lua_pushinteger(L, cr.pid);
+  lua_pushinteger(L, cr.uid);
+  lua_pushinteger(L, cr.gid);
+  return 4;
+}
+
+/* Names in a directory with their kind ("socket", "file", "dir", ...). */
+static int l_scandir(lua_State *L) {
+  static const char *const kinds[] = {"unknown", "file", "dir", "link", "fifo", "socket", "char", "block"};
+  const char *path = luaL_checkstring(L, 1);
+  uv_fs_t req;
+  uv_dirent_t ent;
+  int rc = uv_fs_scandir(NULL, &req, path, 0, NULL);
+  if (rc < 0) {
+    uv_fs_req_cleanup(&req);
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot list %s: %s", path, uv_strerror(rc));
+    lua_pushstring(L, uv_err_name(rc));
+    return 3;
+  }
+  lua_newtable(L);
+  int i = 0;
+  while (uv_fs_scandir_next(&req, &ent) != UV_EOF) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, ent.name);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, kinds[ent.type <= UV_DIRENT_BLOCK ? ent.type : 0]);
+    lua_setfield(L, -2, "type");
+    lua_rawseti(L, -2, ++i);
+  }
+  uv_fs_req_cleanup(&req);
+  return 1;
 }
 
 static int l_run(lua_State *L) {
@@ -469,12 +526,45 @@ static int timer_close(lua_State *L) {
   return 0;
 }
 
+/* ---- signals ---- */
+
+static void on_signal(uv_signal_t *h, int signum) {
+  box *b = h->data;
+  (void)signum;
+  if (b && ready(b->x, b)) dispatch(b->x, EV_SIGNAL, b, 0);
+}
+
+static int l_signal(lua_State *L) {
+  static const char *const names[] = {"SIGINT", "SIGTERM", "SIGHUP", NULL};
+  static const int numbers[] = {SIGINT, SIGTERM, SIGHUP};
+  ctx *x = get_ctx(L);
+  int which = luaL_checkoption(L, 1, NULL, names);
+  uv_signal_t *h = malloc(sizeof *h);
+  if (h == NULL) return luaL_error(L, "out of memory");
+  uv_signal_init(&x->loop, h);
+  h->data = new_box(L, x, h, SIGNAL_MT);
+  int rc = uv_signal_start(h, on_signal, numbers[which]);
+  if (rc < 0) return luaL_error(L, "cannot watch %s: %s", names[which], uv_strerror(rc));
+  return 1;
+}
+
+static int signal_close(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, SIGNAL_MT);
+  if (b->p) {
+    uv_signal_t *h = b->p;
+    h->data = NULL;
+    b->p = NULL;
+    if (!b->x->closed) uv_close((uv_handle_t *)h, free_handle);
+  }
+  return 0;
+}
+
 /* ---- state lifetime ---- */
 
 static void close_leftover(uv_handle_t *h, void *arg) {
   (void)arg;
   if (uv_is_closing(h)) return;
-  if (h->type == UV_TIMER) {
+  if (h->type == UV_TIMER || h->type == UV_SIGNAL) {
     box *b = h->data;
     if (b) b->p = NULL;
     uv_close(h, free_handle);
@@ -539,12 +629,15 @@ static const luaL_Reg conn_methods[] = {
 static const luaL_Reg timer_methods[] = {
     {"start", timer_start}, {"stop", timer_stop}, {"close", timer_close}, {NULL, NULL}};
 
+static const luaL_Reg signal_methods[] = {{"close", signal_close}, {NULL, NULL}};
+
 static const luaL_Reg module_functions[] = {
     {"init", l_init},           {"bind", l_bind},           {"resolve", l_resolve},   {"listen", l_listen},
     {"connect", l_connect},     {"run", l_run},           {"stop", l_stop},
     {"now", l_now},             {"timer", l_timer},       {"session_id", l_session_id},
     {"pid", l_pid},             {"backend_fd", l_backend_fd},
-    {"backend_timeout", l_backend_timeout}, {NULL, NULL}};
+    {"backend_timeout", l_backend_timeout}, {"open_fd", l_open_fd}, {"probe", l_probe},
+    {"scandir", l_scandir},     {"signal", l_signal},     {NULL, NULL}};
 
 int luaopen_npipe_core(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, CTX_KEY);
@@ -554,6 +647,7 @@ int luaopen_npipe_core(lua_State *L) {
   new_metatable(L, SERVER_MT, server_methods, server_close);
   new_metatable(L, CONN_MT, conn_methods, conn_gc);
   new_metatable(L, TIMER_MT, timer_methods, timer_close);
+  new_metatable(L, SIGNAL_MT, signal_methods, signal_close);
   luaL_newlib(L, module_functions);
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "version");

@@ -384,6 +384,21 @@ int np_conn_connect(np_engine *e, const char *path, const np_conn_opts *opts, np
   return 0;
 }
 
+int np_conn_open_fd(np_engine *e, int fd, const np_conn_opts *opts, np_conn **out) {
+  np_conn *c = conn_new(e, opts);
+  if (c == NULL) return UV_ENOMEM;
+  int rc = uv_pipe_open(&c->pipe, fd);
+  if (rc == 0) rc = conn_open(c);
+  if (rc < 0) {
+    if (c->state == C_OPEN) LIST_DEL(e->conns, c);
+    c->state = C_CLOSED;
+    uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+    return rc;
+  }
+  *out = c;
+  return 0;
+}
+
 /* ---- servers ---- */
 
 static void on_connection(uv_stream_t *ls, int status) {

@@ -65,6 +65,9 @@ np_stats np_server_stats(const np_server *s);
 void np_server_set_data(np_server *s, void *data);
 
 int np_conn_connect(np_engine *e, const char *path, const np_conn_opts *opts, np_conn **out);
+/* Wraps an open file descriptor (a pipe, socket or terminal such as stdin) as a
+ * connection, so that a host reads it with the same framing and events. */
+int np_conn_open_fd(np_engine *e, int fd, const np_conn_opts *opts, np_conn **out);
 /* Queues len bytes as one frame. 0, or a negative uv error code. */
 int np_conn_write(np_conn *c, const char *data, size_t len);
 /* DisconnectNamedPipe: immediate; queued writes and unread input are dropped.

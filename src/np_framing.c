@@ -33,11 +33,12 @@ int np_framing_parse(const char *name) {
 
 const char *np_framing_name(np_framing_mode mode) {
   static const char *const names[] = {"bytes", "lines", "message"};
-  return names[mode];
+  return (unsigned)mode < 3 ? names[mode] : "unknown";
 }
 
 /* Grows the partial-frame buffer; the bound keeps a hostile peer from making it huge. */
 static int append(np_framer *f, const char *data, size_t n) {
+  if (n == 0) return 0;
   if (f->len + n > f->cap) {
     size_t cap = f->cap ? f->cap : 256;
     while (cap < f->len + n) cap *= 2;

@@ -22,6 +22,10 @@ void np_platform_init(void);
 int np_platform_resolve(const char *name, int create_dir, char *out, size_t outlen,
                         char *err, size_t errlen);
 
+/* Probes a socket path without changing it: 1 if a server answers (its identity in
+ * out, where the OS tells), 0 if nothing listens (stale), <0 on error (message in err). */
+int np_platform_probe(const char *path, np_cred *out, char *err, size_t errlen);
+
 /* Called by a server whose bind found the name taken: 1 if a live server answers,
  * 0 if the file was a stale socket and has been removed, <0 on error (message in err). */
 int np_platform_reclaim(const char *path, char *err, size_t errlen);

@@ -82,21 +82,46 @@ int np_platform_resolve(const char *name, int create_dir, char *out, size_t outl
   return 0;
 }
 
-int np_platform_reclaim(const char *path, char *err, size_t errlen) {
+static void peer_of_fd(int fd, np_cred *out) {
+  out->pid = out->uid = out->gid = -1;
+#if defined(SO_PEERCRED)
+  struct ucred uc;
+  socklen_t len = sizeof uc;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) == 0) {
+    out->pid = uc.pid;
+    out->uid = uc.uid;
+    out->gid = uc.gid;
+  }
+#else
+  (void)fd;
+#endif
+}
+
+int np_platform_probe(const char *path, np_cred *out, char *err, size_t errlen) {
   struct stat st;
-  if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : fail(err, errlen, -errno, "cannot inspect %s", path);
+  if (lstat(path, &st) != 0) return fail(err, errlen, -errno, "cannot inspect %s", path);
   if (!S_ISSOCK(st.st_mode)) return fail(err, errlen, UV_EEXIST, "%s exists and is not a socket", path);
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return fail(err, errlen, -errno, "cannot probe %s", path);
   struct sockaddr_un sa;
   memset(&sa, 0, sizeof sa);
   sa.sun_family = AF_UNIX;
-  memcpy(sa.sun_path, path, strlen(path));
+  memcpy(sa.sun_path, path, strlen(path) < SUN_PATH_MAX ? strlen(path) : SUN_PATH_MAX);
   int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
   int e = errno;
+  if (rc == 0) peer_of_fd(fd, out);
+  else out->pid = out->uid = out->gid = -1;
   close(fd);
-  if (rc == 0 || e == EAGAIN || e == EINPROGRESS) return 1; /* someone listens: a live server */
-  if (e != ECONNREFUSED) return fail(err, errlen, -e, "cannot probe %s", path);
+  if (rc == 0 || e == EAGAIN || e == EINPROGRESS) return 1; /* someone listens */
+  if (e == ECONNREFUSED) return 0;
+  return fail(err, errlen, -e, "cannot probe %s", path);
+}
+
+int np_platform_reclaim(const char *path, char *err, size_t errlen) {
+  np_cred cred;
+  int rc = np_platform_probe(path, &cred, err, errlen);
+  if (rc == UV_ENOENT) return 0; /* gone meanwhile: just bind again */
+  if (rc != 0) return rc;
   if (unlink(path) != 0 && errno != ENOENT) return fail(err, errlen, -errno, "cannot remove stale socket %s", path);
   return 0;
 }

@@ -5,3 +5,4 @@ add_executable(test_framing
   ${CMAKE_SOURCE_DIR}/src/np_framing.c)
 target_include_directories(test_framing PRIVATE ${CMAKE_SOURCE_DIR}/src)
 add_test(NAME framing COMMAND test_framing)
+set_tests_properties(framing PROPERTIES TIMEOUT 120)

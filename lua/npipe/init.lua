@@ -205,6 +205,21 @@ function Conn:flush(timeout)
   return wait_for(w, timeout)
 end
 
+--- TransactNamedPipe: writes one message and reads the reply. Requests from several
+-- coroutines may be in flight on one connection; replies are matched in order. On a
+-- timeout the connection is disconnected, since a late reply would answer the next request.
+function Conn:transact(msg, timeout)
+  check_timeout("transact", 2, timeout)
+  local ok, err, code = self:write(msg)
+  if not ok then return nil, err, code end
+  local reply
+  reply, err, code = self:read(timeout)
+  if reply == nil and err == "timeout" then
+    self:disconnect("transact timed out")
+  end
+  return reply, err, code
+end
+
 --- DisconnectNamedPipe: ends the connection at once; unsent and unread data is dropped.
 function Conn:disconnect(reason)
   if self._closed then return true end
@@ -411,6 +426,63 @@ function npipe.connect(name, opts)
   end
 end
 
+--- CallNamedPipe: connects (waiting up to opts.timeout for a server), sends one
+-- message, returns the reply and disconnects. Message framing unless opts.framing says otherwise.
+function npipe.call(name, msg, opts)
+  check_type("call", 1, name, "string")
+  if type(msg) ~= "string" then check_type("call", 2, msg, "string") end
+  check_type("call", 3, opts, "table", true)
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  o.framing = o.framing or "message"
+  local conn, err, code = npipe.connect(name, o)
+  if not conn then return nil, err, code end
+  local reply
+  reply, err, code = conn:transact(msg, o.timeout)
+  conn:disconnect("call finished")
+  if reply == nil and err == "closed" then
+    return nil, "the server closed the pipe without replying", code
+  end
+  return reply, err, code
+end
+
+--- Reads an open file descriptor (stdin is 0) with npipe's framing, as a connection.
+function npipe.open_fd(fd, opts)
+  check_type("open_fd", 1, fd, "number")
+  local o = options("open_fd", opts, CLIENT_OPTS)
+  local c, err, code = core.open_fd(fd, o.framing, o.max_message, o.high_water)
+  if not c then return nil, err, code end
+  local conn = new_conn(c, nil)
+  conn._client = true
+  return conn
+end
+
+--- The per-user directory that bare names live in.
+function npipe.dir()
+  local path, err, code = core.resolve("x", false)
+  if not path then return nil, err, code end
+  return (path:gsub("/x$", ""))
+end
+
+--- The pipes in the per-user directory: {name, path, state = "live"|"stale"|..., pid, uid}.
+-- Probing connects to each live server once (its accept counter sees it).
+function npipe.list()
+  local dir, err, code = npipe.dir()
+  if not dir then return nil, err, code end
+  local entries = core.scandir(dir)
+  local list = {}
+  for _, e in ipairs(entries or {}) do
+    if e.type == "socket" then
+      local path = dir .. "/" .. e.name
+      local state, pid, uid = core.probe(path)
+      list[#list + 1] = { name = e.name, path = path, state = state or "unknown", pid = pid, uid = uid,
+                          error = not state and pid or nil }
+    end
+  end
+  table.sort(list, function(a, b) return a.name < b.name end)
+  return list
+end
+
 ---- engine events ----
 
 local events = {}
@@ -472,6 +544,28 @@ function events.drained(conn)
 end
 
 events.timer = sched.on_timer
+
+local signal_fn = {}
+function events.signal(sig)
+  local fn = signal_fn[sig]
+  if fn then sched.spawn(fn) end
+  settle()
+end
+
+--- Runs fn (in a coroutine) each time the process gets the signal ("SIGINT",
+-- "SIGTERM" or "SIGHUP") instead of dying of it. Returns a function that stops watching.
+function npipe.on_signal(name, fn)
+  check_type("on_signal", 1, name, "string")
+  check_type("on_signal", 2, fn, "function")
+  local sig = core.signal(name)
+  signal_fn[sig] = function() fn(name) end
+  return function()
+    if signal_fn[sig] then
+      signal_fn[sig] = nil
+      sig:close()
+    end
+  end
+end
 
 core.init(events)
 
