@@ -385,6 +385,9 @@ int np_conn_connect(np_engine *e, const char *path, const np_conn_opts *opts, np
 }
 
 int np_conn_open_fd(np_engine *e, int fd, const np_conn_opts *opts, np_conn **out) {
+  uv_handle_type kind = uv_guess_handle(fd);
+  /* epoll cannot watch regular files (libuv would abort), so only streams are taken */
+  if (kind != UV_NAMED_PIPE && kind != UV_TTY && kind != UV_TCP) return UV_EINVAL;
   np_conn *c = conn_new(e, opts);
   if (c == NULL) return UV_ENOMEM;
   int rc = uv_pipe_open(&c->pipe, fd);

@@ -410,6 +410,7 @@ function npipe.connect(name, opts)
   local path, err, code = core.resolve(name, false)
   if not path then return nil, err, code end
   local deadline = o.timeout and core.now() + o.timeout
+  local last_err
   while true do
     local conn
     conn, err, code = try_connect(path, o)
@@ -419,9 +420,14 @@ function npipe.connect(name, opts)
     ok, err, code = wait_for(conn._connw, left)
     if ok then return conn end
     conn:_end_now("connect abandoned", "ECANCELED")
-    if code == "ETIMEDOUT" or not (deadline and RETRY_CODES[code]) or core.now() >= deadline then
+    if code == "ETIMEDOUT" or (deadline and core.now() >= deadline) then
+      return nil, ("cannot connect to %s: no server answered within %g s%s"):format(
+        path, o.timeout, last_err and (" (" .. last_err .. ")") or ""), "ETIMEDOUT"
+    end
+    if not (deadline and RETRY_CODES[code]) then
       return nil, ("cannot connect to %s: %s"):format(path, err), code
     end
+    last_err = err
     sched.sleep(math.min(RETRY_SECONDS, math.max(0, deadline - core.now())))
   end
 end
