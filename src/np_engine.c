@@ -47,7 +47,8 @@ struct np_conn {
   size_t queued;
   unsigned nwrites;
   int state;
-  int paused;
+  int paused;   /* the host asked to stop reading */
+  int reading;  /* libuv is reading now */
   int flush_pending;
   int over_high;
   np_cred cred;
@@ -193,10 +194,22 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
 }
 
+/* Reading stops while the host asks (pause) or while the write queue is over the
+ * high-water mark, so that neither side's backlog can grow without bound. */
+static void update_reading(np_conn *c) {
+  if (c->state != C_OPEN) return;
+  int want = !c->paused && !c->over_high;
+  if (want == c->reading) return;
+  c->reading = want;
+  if (want) uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+  else uv_read_stop((uv_stream_t *)&c->pipe);
+}
+
 static int conn_open(np_conn *c) {
   c->state = C_OPEN;
   np_platform_peer_cred(&c->pipe, &c->cred);
   LIST_ADD(c->e->conns, c);
+  c->reading = 1;
   return uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
 }
 
@@ -213,6 +226,7 @@ static void on_write(uv_write_t *req, int status) {
   }
   if (c->over_high && c->queued <= c->opts.high_water / 2) {
     c->over_high = 0;
+    update_reading(c);
     if (c->e->ev.drained) c->e->ev.drained(c);
   }
 }
@@ -238,7 +252,10 @@ static int queue_rest(np_conn *c, uv_buf_t *bufs, int nbufs, size_t skip, size_t
   }
   c->queued += rest;
   c->nwrites++;
-  if (c->queued >= c->opts.high_water) c->over_high = 1;
+  if (c->queued >= c->opts.high_water && !c->over_high) {
+    c->over_high = 1;
+    update_reading(c); /* a peer that does not read gets no more reads from us either */
+  }
   return 0;
 }
 
@@ -331,13 +348,13 @@ int np_conn_flush(np_conn *c) {
 }
 
 void np_conn_pause(np_conn *c) {
-  if (c->state == C_OPEN && !c->paused) uv_read_stop((uv_stream_t *)&c->pipe);
   c->paused = 1;
+  update_reading(c);
 }
 
 void np_conn_resume(np_conn *c) {
-  if (c->state == C_OPEN && c->paused) uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
   c->paused = 0;
+  update_reading(c);
 }
 
 int np_conn_is_open(const np_conn *c) { return c->state == C_OPEN; }

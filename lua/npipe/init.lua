@@ -4,7 +4,7 @@
 local core = require("npipe.core")
 local sched = require("npipe.sched")
 
-local wait_for, waiter, wake = sched.wait_for, sched.waiter, sched.wake
+local wait, wait_for, waiter, wake = sched.wait, sched.wait_for, sched.waiter, sched.wake
 local submit, settle = sched.submit, sched.settle
 
 local npipe = { _VERSION = "npipe " .. core.version, version = core.version }
@@ -16,8 +16,8 @@ local DEFAULTS = {
   mode = "0600",
   backlog = 511,
 }
-local INBOX_PAUSE = 64  -- unread messages (or queued handler jobs) at which reading stops
-local INBOX_RESUME = 16
+local INBOX_PAUSE = 32  -- unread messages (or queued handler jobs) at which reading stops
+local INBOX_RESUME = 8
 local RETRY_SECONDS = 0.05 -- how often connect retries while it waits for a server
 
 ---- argument checks (programming errors raise) ----
@@ -34,7 +34,8 @@ local function check_timeout(fname, n, t)
   end
 end
 
-local SERVER_OPTS = { framing = true, max_message = true, high_water = true, mode = true, backlog = true }
+local SERVER_OPTS = { framing = true, max_message = true, high_water = true, mode = true, backlog = true,
+                      allow = true, idle_timeout = true }
 local CLIENT_OPTS = { framing = true, max_message = true, high_water = true, timeout = true }
 
 local function options(fname, opts, known)
@@ -59,8 +60,9 @@ local Conn = {}
 Conn.__index = Conn
 npipe.Conn = Conn
 
-local function new_conn(c, server)
-  local conn = setmetatable({ _c = c, _id = c:id(), _server = server, _qn = 0, state = {} }, Conn)
+local function new_conn(c, server, high_water)
+  local conn = setmetatable({ _c = c, _id = c:id(), _server = server, _qn = 0, state = {},
+                              _high_water = high_water }, Conn)
   core.bind(c, conn)
   return conn
 end
@@ -126,7 +128,8 @@ function Conn:_end_now(reason, code)
   self._c:disconnect(reason, code)
 end
 
--- Messages kept for conn:read() when no data handler takes them.
+-- Messages kept for conn:read() when no data handler takes them; reading stops
+-- while too many (or too many bytes) wait, so a slow reader bounds its own memory.
 local function inbox_push(conn, msg)
   local r = conn._readers
   if r and #r > 0 then
@@ -134,10 +137,11 @@ local function inbox_push(conn, msg)
     return
   end
   local box = conn._inbox
-  if not box then box = { head = 1, tail = 0 }; conn._inbox = box end
+  if not box then box = { head = 1, tail = 0, bytes = 0 }; conn._inbox = box end
   box.tail = box.tail + 1
   box[box.tail] = msg
-  if box.tail - box.head + 1 >= INBOX_PAUSE and not conn._paused then
+  box.bytes = box.bytes + #msg
+  if (box.tail - box.head + 1 >= INBOX_PAUSE or box.bytes >= conn._high_water) and not conn._paused then
     conn._paused, conn._inbox_full = true, true
     conn._c:pause()
   end
@@ -149,7 +153,8 @@ local function inbox_pop(conn)
   local msg = box[box.head]
   box[box.head] = nil
   box.head = box.head + 1
-  if conn._inbox_full and box.tail - box.head + 1 <= INBOX_RESUME then
+  box.bytes = box.bytes - #msg
+  if conn._inbox_full and box.tail - box.head + 1 <= INBOX_RESUME and box.bytes < conn._high_water / 2 then
     conn._inbox_full = false
     if conn._qn <= INBOX_RESUME then
       conn._paused = false
@@ -171,6 +176,16 @@ function Conn:write(data)
   if self._closed then return closed_error(self) end
   local queued, err, code = self._c:write(data)
   if not queued then return nil, err, code end
+  if queued >= self._high_water and not self._closed then
+    -- backpressure: wait until the peer has read enough, instead of queueing without bound
+    local w = waiter()
+    local d = self._drainers
+    if not d then d = {}; self._drainers = d end
+    d[#d + 1] = w
+    local ok
+    ok, err, code = wait(w)
+    if not ok then return nil, err, code end
+  end
   return true
 end
 
@@ -315,8 +330,16 @@ function Server.session_id() return core.session_id() end
 function Server:is_open() return self._c:is_open() end
 
 function Server:stats()
-  if not self._c:is_open() then return self._last_stats end
-  return self._c:stats()
+  local st = self._c:is_open() and self._c:stats() or self._last_stats
+  st.rejected = self._rejected
+  return st
+end
+
+function Server:_sweep_idle()
+  local limit = core.now() - self._idle
+  for conn in pairs(self._conns) do
+    if conn._last < limit and conn._busy == nil then conn:_end_now("idle timeout", "ETIMEDOUT") end
+  end
 end
 
 --- The open connections, as a list.
@@ -335,6 +358,7 @@ function Server:close(opts)
     self._last_stats = self._c:stats()
     self._c:close()
     live_servers[self] = nil
+    if self._stop_idle then self._stop_idle() end
   end
   local drain = opts and opts.drain
   if drain and next(self._conns) then
@@ -362,7 +386,7 @@ end
 local function handlers_of(h)
   if type(h) == "function" then return { connect = h } end
   return {
-    connect = h.connect, disconnect = h.disconnect, error = h.error,
+    connect = h.connect, disconnect = h.disconnect, error = h.error, reject = h.reject,
     data = data_handler(h),
   }
 end
@@ -376,15 +400,23 @@ function npipe.listen(name, opts, handlers)
   end
   if type(handlers) ~= "function" then check_type("listen", 3, handlers, "table") end
   local o = options("listen", opts, SERVER_OPTS)
+  if o.allow ~= nil and type(o.allow) ~= "table" and type(o.allow) ~= "function" then
+    error("listen: allow must be a table or a function", 2)
+  end
+  check_timeout("listen", 2, o.idle_timeout)
   local path, err, code = core.resolve(name, true)
   if not path then return nil, err, code end
   local c
   c, err, code = core.listen(path, o.framing, o.max_message, o.high_water, o.mode, o.backlog)
   if not c then return nil, err, code end
   local server = setmetatable({ _c = c, _path = path, _conns = {}, _handlers = handlers_of(handlers),
-                                name = name }, Server)
+                                _allow = o.allow, _idle = o.idle_timeout, _high_water = o.high_water,
+                                _rejected = 0, name = name }, Server)
   core.bind(c, server)
   live_servers[server] = true
+  if o.idle_timeout then server._stop_idle = sched.every(math.max(0.01, o.idle_timeout / 4), function()
+    server:_sweep_idle()
+  end) end
   return server
 end
 
@@ -393,7 +425,7 @@ end
 local function try_connect(path, o)
   local c, err, code = core.connect(path, o.framing, o.max_message, o.high_water)
   if not c then return nil, err, code end
-  local conn = new_conn(c, nil)
+  local conn = new_conn(c, nil, o.high_water)
   conn._client = true
   conn._connw = waiter()
   return conn
@@ -458,7 +490,7 @@ function npipe.open_fd(fd, opts)
   local o = options("open_fd", opts, CLIENT_OPTS)
   local c, err, code = core.open_fd(fd, o.framing, o.max_message, o.high_water)
   if not c then return nil, err, code end
-  local conn = new_conn(c, nil)
+  local conn = new_conn(c, nil, o.high_water)
   conn._client = true
   return conn
 end
@@ -493,9 +525,47 @@ end
 
 local events = {}
 
+-- The policy of opts.allow: nil (everyone the socket's mode lets in), a function
+-- allow(peer) -> true | false[, why], or {uids = {...}, gids = {...}, same_session = true}.
+local function allowed(policy, who)
+  if type(policy) == "function" then
+    local ok, yes, why = pcall(policy, who)
+    if not ok then return false, "allow function failed: " .. tostring(yes) end
+    return yes and true or false, why or "refused by the allow function"
+  end
+  local function member(list, v)
+    for _, x in ipairs(list) do if x == v then return true end end
+    return false
+  end
+  if policy.uids and not member(policy.uids, who.uid) then return false, "uid " .. who.uid .. " not allowed" end
+  if policy.gids and not member(policy.gids, who.gid) then return false, "gid " .. who.gid .. " not allowed" end
+  if policy.same_session and who.session_id ~= core.session_id() then
+    return false, "client is in another session (" .. tostring(who.session_id) .. ")"
+  end
+  return true
+end
+
+local function admit(server, conn)
+  local policy = server._allow
+  if not policy then return true end
+  local cred = peer(conn)
+  local p = cred and copy(cred) or {}
+  p.session_id = peer_session(conn)
+  local ok, why = allowed(policy, p)
+  if ok then return true end
+  server._rejected = server._rejected + 1
+  conn._rejected = true
+  conn:_end_now("refused: " .. why, "EACCES")
+  local on_reject = server._handlers.reject
+  if on_reject then sched.spawn(on_reject, p, why) end
+  return false
+end
+
 function events.accept(server, c)
-  local conn = new_conn(c, server)
+  local conn = new_conn(c, server, server._high_water)
+  if not admit(server, conn) then return settle() end
   server._conns[conn] = true
+  if server._idle then conn._last = core.now() end
   local on_connect = server._handlers.connect
   if on_connect then submit(conn, on_connect, conn) end
   settle()
@@ -503,6 +573,7 @@ end
 
 function events.frame(conn, msg)
   local server = conn._server
+  if server and server._idle then conn._last = core.now() end
   local on_data = server and server._handlers.data
   if on_data then
     submit(conn, on_data, conn, msg)
@@ -522,8 +593,10 @@ function events.closed(conn, reason, code)
   wake_all(conn._readers, nil, "closed", code)
   wake_all(conn._flushers, nil, "pipe closed before the peer read everything (" .. reason .. ")", code)
   conn._readers, conn._flushers = nil, nil
+  wake_all(conn._drainers, nil, "pipe closed (" .. reason .. ")", code)
+  conn._drainers = nil
   local server = conn._server
-  if server then
+  if server and not conn._rejected then
     server._conns[conn] = nil
     local on_disconnect = server._handlers.disconnect
     if on_disconnect then submit(conn, on_disconnect, conn, reason, code) end

@@ -211,6 +211,19 @@ function sched.wait_for(w, seconds)
   return unpack(r, 1, r.n)
 end
 
+-- Calls fn every seconds (not in a coroutine: fn must not wait); returns a cancel function.
+function sched.every(seconds, fn)
+  local t = core.timer()
+  timer_fn[t] = fn
+  t:start(seconds * 1000, seconds * 1000)
+  return function()
+    if timer_fn[t] then
+      timer_fn[t] = nil
+      t:close()
+    end
+  end
+end
+
 function sched.sleep(seconds)
   local w = sched.waiter()
   sched.after(seconds, function() wake(w) end)
