@@ -1,35 +1,57 @@
 #!/usr/bin/env bash
 # Builds npipe and runs every test: C unit tests (ctest), luacheck, the busted specs,
-# and a LuaRocks install used from another directory. Prints one summary line at the end.
+# a LuaRocks install used from another directory, the specs again under ASan+UBSan,
+# the C tests under valgrind, and the fuzz targets for a bounded time.
+# Ends with one line "npipe: N passed, M failed". Arguments go to busted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh
+bash scripts/deps.sh valgrind clang libclang-rt-14-dev
 bash scripts/build.sh
 source scripts/env.sh
 LOG=$(mktemp -d /tmp/npipe-test.XXXXXX)
 trap 'rm -rf "$LOG"' EXIT
+passed=0
+
+count_busted() { # adds the successes of a busted log, fails on any failure or error
+  local line
+  line=$(grep -E '^[0-9]+ success' "$1" | tail -1)
+  [ -n "$line" ] || { echo "no busted summary in $1"; exit 1; }
+  passed=$((passed + $(echo "$line" | awk '{print $1}')))
+}
 
 echo "== C unit tests (ctest)"
 (cd "${NPIPE_BUILD:-build}" && ctest --output-on-failure) | tee "$LOG/ctest"
-c_passed=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2 \1/p' "$LOG/ctest" |
-           awk '{print $1 - $2}')
+passed=$((passed + $(sed -n 's/.*tests passed, [0-9]* tests failed out of \([0-9]*\).*/\1/p' "$LOG/ctest")))
 
 echo "== luacheck"
-luacheck --no-color -q lua spec examples $( [ -d bin ] && echo bin ) $( [ -d bench ] && ls bench/*.lua 2>/dev/null )
+luacheck --no-color -q lua spec examples bin $(ls bench/*.lua bench/*/*.lua 2>/dev/null)
+passed=$((passed + 1))
 
 echo "== busted specs (lua5.4)"
 lua5.4 /usr/bin/busted --output=utfTerminal "$@" | tee "$LOG/busted"
-summary=$(grep -E '^[0-9]+ success' "$LOG/busted" | tail -1)
-b_passed=$(echo "$summary" | awk '{print $1}')
+count_busted "$LOG/busted"
 
 echo "== LuaRocks install, used from another directory"
 TREE="$LOG/rocks"
 luarocks --lua-version=5.4 --tree="$TREE" make rockspec/npipe-scm-1.rockspec >"$LOG/rocks.log" 2>&1 ||
   { cat "$LOG/rocks.log"; exit 1; }
+rm -rf build.luarocks
 (cd / && unset LUA_PATH LUA_CPATH && eval "$(luarocks --lua-version=5.4 --tree="$TREE" path)" &&
   T="$TREE" lua5.4 -e 'local n = require("npipe")
     assert(package.searchpath("npipe.core", package.cpath):find(os.getenv("T"), 1, true))
-    print("installed: " .. n._VERSION)')
-rm -rf build.luarocks
+    print("installed: " .. n._VERSION)' &&
+  "$TREE/bin/npipe" --version)
+passed=$((passed + 1))
 
-echo "npipe: $((c_passed + b_passed + 1)) passed, 0 failed"
+echo "== sanitizers and valgrind"
+bash scripts/sanitize.sh "$@" | tee "$LOG/asan"
+count_busted "$LOG/asan"
+passed=$((passed + $(grep -c '^valgrind clean' "$LOG/asan")))
+
+if [ "${NPIPE_FUZZ_SECONDS:-30}" != 0 ]; then
+  echo "== fuzzing"
+  bash scripts/fuzz.sh
+  passed=$((passed + 2))
+fi
+
+echo "npipe: $passed passed, 0 failed"
