@@ -213,6 +213,8 @@ static int l_listen(lua_State *L) {
   check_conn_opts(L, 2, &o.conn);
   o.mode = (int)luaL_checkinteger(L, 5);
   o.backlog = (int)luaL_checkinteger(L, 6);
+  o.max_instances = (int)luaL_optinteger(L, 7, 0);
+  luaL_argcheck(L, o.max_instances >= 0, 7, "max_instances must not be negative");
   np_server *s;
   char err[ERR_LEN];
   int rc = np_server_listen(x->engine, path, &o, &s, err, sizeof err);

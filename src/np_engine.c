@@ -24,7 +24,8 @@ struct np_engine {
 };
 
 struct np_server {
-  uv_pipe_t pipe;
+  uv_pipe_t *listener; /* NULL while accepting is paused (max_instances) */
+  int kept;            /* the socket kept open while paused, else -1 */
   np_engine *e;
   np_server *prev, *next;
   char *path;
@@ -93,6 +94,7 @@ np_engine *np_engine_new(uv_loop_t *loop, const np_events *events) {
 uv_loop_t *np_engine_loop(np_engine *e) { return e->loop; }
 
 static void conn_end(np_conn *c, const char *code, const char *reason, int notify);
+static void server_conn_gone(np_server *s);
 
 void np_engine_shutdown(np_engine *e) {
   while (e->servers) np_server_close(e->servers);
@@ -138,7 +140,7 @@ static void conn_end(np_conn *c, const char *code, const char *reason, int notif
   c->state = C_CLOSED;
   if (c->flush_pending) flush_remove(c);
   LIST_DEL(c->e->conns, c);
-  if (c->server && was_open) c->server->stats.active--;
+  if (c->server && was_open) server_conn_gone(c->server);
   if (was_open && notify && c->e->ev.closed) c->e->ev.closed(c, code, reason);
   uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
 }
@@ -421,9 +423,59 @@ int np_conn_open_fd(np_engine *e, int fd, const np_conn_opts *opts, np_conn **ou
 
 /* ---- servers ---- */
 
+static void server_free(np_server *s) {
+  if (s->data && s->e->ev.released) s->e->ev.released(s->data);
+  free(s->path);
+  free(s);
+}
+
+static void on_listener_closed(uv_handle_t *h) {
+  np_server *s = h->data; /* NULL when the listener closed only to pause */
+  free(h);
+  if (s) server_free(s);
+}
+
+static void on_connection(uv_stream_t *ls, int status);
+
+static uv_pipe_t *listener_new(np_server *s) {
+  uv_pipe_t *lp = malloc(sizeof *lp);
+  if (lp == NULL) return NULL;
+  uv_pipe_init(s->e->loop, lp, 0);
+  lp->data = s;
+  return lp;
+}
+
+/* max_instances reached: stop accepting so that new clients are refused as busy by
+ * the OS (and retry, like WaitNamedPipe) instead of waiting unseen in the backlog. */
+static void pause_accepting(np_server *s) {
+  int kept;
+  if (s->listener == NULL || np_platform_listener_detach(s->listener, &kept) != 0) return;
+  s->listener->data = NULL;
+  uv_close((uv_handle_t *)s->listener, on_listener_closed);
+  s->listener = NULL;
+  s->kept = kept;
+}
+
+static void resume_accepting(np_server *s) {
+  if (s->listener != NULL || s->closing) return;
+  uv_pipe_t *lp = listener_new(s);
+  if (lp == NULL) return;
+  if (np_platform_listener_attach(lp, s->kept) != 0 ||
+      uv_listen((uv_stream_t *)lp, s->opts.backlog, on_connection) != 0) {
+    uv_close((uv_handle_t *)lp, on_listener_closed);
+    return; /* the socket stays paused; closing the server releases it */
+  }
+  s->listener = lp;
+  s->kept = -1;
+}
+
+static int at_capacity(const np_server *s) {
+  return s->opts.max_instances > 0 && s->stats.active >= (uint64_t)s->opts.max_instances;
+}
+
 static void on_connection(uv_stream_t *ls, int status) {
   np_server *s = ls->data;
-  if (status < 0) return; /* e.g. EMFILE: the client stays in the backlog and is retried */
+  if (s == NULL || status < 0) return; /* e.g. EMFILE: the client stays in the backlog */
   np_conn *c = conn_new(s->e, &s->opts.conn);
   if (c == NULL) return;
   if (uv_accept(ls, (uv_stream_t *)&c->pipe) != 0) {
@@ -432,24 +484,30 @@ static void on_connection(uv_stream_t *ls, int status) {
     return;
   }
   c->server = s;
+  if (at_capacity(s)) { /* only where pausing is not possible */
+    s->stats.rejected++;
+    c->state = C_CLOSED;
+    uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+    return;
+  }
   s->stats.accepted++;
   s->stats.active++;
   if (conn_open(c) != 0) {
     conn_end(c, "EIO", "could not start reading", 0);
     return;
   }
+  if (at_capacity(s)) pause_accepting(s);
   s->e->ev.accept(s, c);
 }
 
-static void on_server_closed(uv_handle_t *h) {
-  np_server *s = h->data;
-  if (s->data && s->e->ev.released) s->e->ev.released(s->data);
-  free(s->path);
-  free(s);
+/* A connection of s ended: make room for the next client. */
+static void server_conn_gone(np_server *s) {
+  s->stats.active--;
+  if (s->listener == NULL && !at_capacity(s)) resume_accepting(s);
 }
 
 static int bind_or_reclaim(np_server *s, const char *path, char *err, size_t errlen) {
-  int rc = np_platform_bind(&s->pipe, path, s->opts.mode);
+  int rc = np_platform_bind(s->listener, path, s->opts.mode);
   if (rc != UV_EADDRINUSE) return rc;
   int live = np_platform_reclaim(path, err, errlen);
   if (live < 0) return live;
@@ -457,13 +515,13 @@ static int bind_or_reclaim(np_server *s, const char *path, char *err, size_t err
     snprintf(err, errlen, "pipe %s is already in use by a live server", path);
     return UV_EADDRINUSE;
   }
-  return np_platform_bind(&s->pipe, path, s->opts.mode);
+  return np_platform_bind(s->listener, path, s->opts.mode);
 }
 
 static int server_fail(np_server *s, int rc, const char *what, char *err, size_t errlen) {
   if (err[0] == '\0') snprintf(err, errlen, "%s %s: %s", what, s->path, uv_strerror(rc));
   s->closing = 1;
-  uv_close((uv_handle_t *)&s->pipe, on_server_closed);
+  uv_close((uv_handle_t *)s->listener, on_listener_closed);
   return rc;
 }
 
@@ -477,12 +535,16 @@ int np_server_listen(np_engine *e, const char *path, const np_server_opts *opts,
   err[0] = '\0';
   s->e = e;
   s->opts = *opts;
-  uv_pipe_init(e->loop, &s->pipe, 0);
-  s->pipe.data = s;
+  s->kept = -1;
+  if ((s->listener = listener_new(s)) == NULL) {
+    free(s->path);
+    free(s);
+    return UV_ENOMEM;
+  }
   int rc = bind_or_reclaim(s, path, err, errlen);
   if (rc < 0) return server_fail(s, rc, "cannot bind", err, errlen);
   s->have_fid = np_platform_file_id(path, &s->fid) == 0;
-  rc = uv_listen((uv_stream_t *)&s->pipe, opts->backlog, on_connection);
+  rc = uv_listen((uv_stream_t *)s->listener, opts->backlog, on_connection);
   if (rc < 0) {
     if (s->have_fid) np_platform_unlink_if_same(path, &s->fid);
     return server_fail(s, rc, "cannot listen on", err, errlen);
@@ -499,7 +561,12 @@ void np_server_close(np_server *s) {
   for (np_conn *c = s->e->conns; c; c = c->next)
     if (c->server == s) c->server = NULL;
   if (s->have_fid) np_platform_unlink_if_same(s->path, &s->fid);
-  uv_close((uv_handle_t *)&s->pipe, on_server_closed);
+  if (s->listener) {
+    uv_close((uv_handle_t *)s->listener, on_listener_closed);
+  } else {
+    np_platform_listener_drop(s->kept);
+    server_free(s);
+  }
 }
 
 const char *np_server_path(const np_server *s) { return s->path; }

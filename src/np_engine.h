@@ -43,6 +43,7 @@ typedef struct np_server_opts {
   np_conn_opts conn;
   int mode;    /* permission bits of the socket file */
   int backlog;
+  int max_instances; /* 0: unlimited (PIPE_UNLIMITED_INSTANCES) */
 } np_server_opts;
 
 typedef struct np_stats {

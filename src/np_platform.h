@@ -49,7 +49,17 @@ typedef struct np_file_id {
 int np_platform_file_id(const char *path, np_file_id *out);
 void np_platform_unlink_if_same(const char *path, const np_file_id *id);
 
-/* Bind with the socket file created no wider than mode (no window with wider access). */
+/* Binds pipe (initialised, not yet open) to path with the socket file created no
+ * wider than mode: there is no window with wider access. The handle does not own
+ * the file, so closing it never removes it (np_platform_unlink_if_same does). */
 int np_platform_bind(uv_pipe_t *pipe, const char *path, int mode);
+
+/* To stop accepting (max_instances reached) a server closes its listening handle but
+ * keeps the socket: detach returns a descriptor that keeps it open and makes the OS
+ * refuse new clients at once (busy) instead of queueing them; attach opens a new
+ * handle on it. UV_ENOTSUP where the OS cannot do this. */
+int np_platform_listener_detach(uv_pipe_t *listener, int *kept);
+int np_platform_listener_attach(uv_pipe_t *listener, int kept);
+void np_platform_listener_drop(int kept);
 
 #endif

@@ -188,8 +188,40 @@ void np_platform_unlink_if_same(const char *path, const np_file_id *id) {
 }
 
 int np_platform_bind(uv_pipe_t *pipe, const char *path, int mode) {
+  struct sockaddr_un sa;
+  if (strlen(path) > SUN_PATH_MAX) return UV_ENAMETOOLONG;
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  memcpy(sa.sun_path, path, strlen(path));
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
   mode_t old = umask((mode_t)(0777 & ~mode));
-  int rc = uv_pipe_bind(pipe, path);
+  int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+  int e = errno;
   umask(old);
+  if (rc != 0) {
+    close(fd);
+    return -e;
+  }
+  rc = uv_pipe_open(pipe, fd);
+  if (rc != 0) {
+    unlink(path);
+    close(fd);
+  }
   return rc;
 }
+
+int np_platform_listener_detach(uv_pipe_t *listener, int *kept) {
+  int fd = pipe_fd(listener);
+  if (fd < 0) return UV_EBADF;
+  int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (d < 0) return -errno;
+  /* Linux queues backlog+1 clients: with 0, one waits and the rest get EAGAIN. */
+  listen(d, 0);
+  *kept = d;
+  return 0;
+}
+
+int np_platform_listener_attach(uv_pipe_t *listener, int kept) { return uv_pipe_open(listener, kept); }
+
+void np_platform_listener_drop(int kept) { close(kept); }

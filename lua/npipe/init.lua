@@ -35,7 +35,7 @@ local function check_timeout(fname, n, t)
 end
 
 local SERVER_OPTS = { framing = true, max_message = true, high_water = true, mode = true, backlog = true,
-                      allow = true, idle_timeout = true }
+                      allow = true, idle_timeout = true, max_instances = true }
 local CLIENT_OPTS = { framing = true, max_message = true, high_water = true, timeout = true }
 
 local function options(fname, opts, known)
@@ -407,7 +407,8 @@ function npipe.listen(name, opts, handlers)
   local path, err, code = core.resolve(name, true)
   if not path then return nil, err, code end
   local c
-  c, err, code = core.listen(path, o.framing, o.max_message, o.high_water, o.mode, o.backlog)
+  c, err, code = core.listen(path, o.framing, o.max_message, o.high_water, o.mode, o.backlog,
+                             o.max_instances or 0)
   if not c then return nil, err, code end
   local server = setmetatable({ _c = c, _path = path, _conns = {}, _handlers = handlers_of(handlers),
                                 _allow = o.allow, _idle = o.idle_timeout, _high_water = o.high_water,
@@ -431,6 +432,7 @@ local function try_connect(path, o)
   return conn
 end
 
+-- Worth waiting for: no server yet, a server restarting, all instances busy.
 local RETRY_CODES = { ENOENT = true, ECONNREFUSED = true, EAGAIN = true }
 
 --- Connects to a server; with opts.timeout, waits for one to appear or to have
@@ -456,6 +458,7 @@ function npipe.connect(name, opts)
       return nil, ("cannot connect to %s: no server answered within %g s%s"):format(
         path, o.timeout, last_err and (" (" .. last_err .. ")") or ""), "ETIMEDOUT"
     end
+    if code == "EAGAIN" then err = "all instances of the pipe are busy (EAGAIN)" end
     if not (deadline and RETRY_CODES[code]) then
       return nil, ("cannot connect to %s: %s"):format(path, err), code
     end
