@@ -36,7 +36,7 @@ end
 
 local SERVER_OPTS = { framing = true, max_message = true, high_water = true, mode = true, backlog = true,
                       allow = true, idle_timeout = true, max_instances = true }
-local CLIENT_OPTS = { framing = true, max_message = true, high_water = true, timeout = true }
+local CLIENT_OPTS = { framing = true, max_message = true, high_water = true, timeout = true, expect = true }
 
 local function options(fname, opts, known)
   check_type(fname, 2, opts, "table", true)
@@ -432,6 +432,21 @@ local function try_connect(path, o)
   return conn
 end
 
+-- A client that insists on whom it talks to (against pipe squatting): opts.expect =
+-- {uid = ..., gid = ..., pid = ...}; any mismatch fails closed.
+local function check_identity(conn, path, expect)
+  if not expect then return conn end
+  local cred = peer(conn)
+  for _, k in ipairs({ "uid", "gid", "pid" }) do
+    if expect[k] ~= nil and (not cred or cred[k] ~= expect[k]) then
+      conn:_end_now("server identity mismatch", "EPERM")
+      return nil, ("refusing %s: the server's %s is %s, expected %s"):format(
+        path, k, cred and tostring(cred[k]) or "unknown", tostring(expect[k])), "EPERM"
+    end
+  end
+  return conn
+end
+
 -- Worth waiting for: no server yet, a server restarting, all instances busy.
 local RETRY_CODES = { ENOENT = true, ECONNREFUSED = true, EAGAIN = true }
 
@@ -441,6 +456,7 @@ function npipe.connect(name, opts)
   check_type("connect", 1, name, "string")
   local o = options("connect", opts, CLIENT_OPTS)
   check_timeout("connect", 2, o.timeout)
+  check_type("connect", 2, o.expect, "table", true)
   local path, err, code = core.resolve(name, false)
   if not path then return nil, err, code end
   local deadline = o.timeout and core.now() + o.timeout
@@ -452,7 +468,7 @@ function npipe.connect(name, opts)
     local left = deadline and math.max(0, deadline - core.now())
     local ok
     ok, err, code = wait_for(conn._connw, left)
-    if ok then return conn end
+    if ok then return check_identity(conn, path, o.expect) end
     conn:_end_now("connect abandoned", "ECANCELED")
     if code == "ETIMEDOUT" or (deadline and core.now() >= deadline) then
       return nil, ("cannot connect to %s: no server answered within %g s%s"):format(
