@@ -11,6 +11,7 @@
 #include <lua.h>
 #include <uv.h>
 
+#include "np_compat.h"
 #include "np_engine.h"
 
 #define CTX_KEY "npipe.ctx"
@@ -31,6 +32,7 @@ typedef struct ctx {
   lua_State *L;     /* the running thread that may receive events now */
   int refs[EV_COUNT];
   int objects;      /* weak table: box address -> userdata */
+  int bound;        /* weak table: box address -> the Lua table that stands for it */
   int closed;
 } ctx;
 
@@ -71,20 +73,16 @@ static box *new_box(lua_State *L, ctx *x, void *p, const char *mt) {
   return b;
 }
 
-/* Pushes the Lua object that stands for b: the table bound to it by core.bind when
- * there is one (the object user code sees), else the userdata itself. */
-static int push_box(lua_State *L, ctx *x, box *b) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, x->objects);
+/* Pushes the Lua object that stands for b: for connections and servers the table
+ * bound to it by core.bind (the object user code sees; an event for one that Lua has
+ * let go is dropped), for timers and signals the userdata itself. */
+static int push_box(lua_State *L, int table, box *b) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, table);
   lua_rawgetp(L, -1, b);
   lua_remove(L, -2);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return 0;
-  }
-  lua_getiuservalue(L, -1, 1);
-  if (lua_isnil(L, -1)) lua_pop(L, 1);
-  else lua_remove(L, -2);
-  return 1;
+  if (!lua_isnil(L, -1)) return 1;
+  lua_pop(L, 1);
+  return 0;
 }
 
 static void *check_open(lua_State *L, int idx, const char *mt, const char *what) {
@@ -101,7 +99,7 @@ static void *check_open(lua_State *L, int idx, const char *mt, const char *what)
 static void dispatch(ctx *x, int ev, box *b, int nargs) {
   lua_State *L = x->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, x->refs[ev]);
-  if (!push_box(L, x, b)) {
+  if (!push_box(L, ev >= EV_TIMER ? x->objects : x->bound, b)) {
     lua_pop(L, nargs + 1);
     return;
   }
@@ -235,12 +233,17 @@ static int l_connect(lua_State *L) {
   return 1;
 }
 
-/* Binds a Lua table to a core object: events then carry the table. */
+/* Binds a Lua table to a core object: events then carry the table. The table holds
+ * the userdata; both go when user code lets go of the table. */
 static int l_bind(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TUSERDATA);
+  ctx *x = get_ctx(L);
+  box *b = lua_touserdata(L, 1);
+  luaL_argcheck(L, b != NULL && lua_getmetatable(L, 1), 1, "npipe object expected");
+  lua_pop(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
-  lua_settop(L, 2);
-  lua_setiuservalue(L, 1, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, x->bound);
+  lua_pushvalue(L, 2);
+  lua_rawsetp(L, -2, b);
   return 0;
 }
 
@@ -598,6 +601,15 @@ static void new_metatable(lua_State *L, const char *name, const luaL_Reg *method
   lua_pop(L, 1);
 }
 
+static int weak_table(lua_State *L) {
+  lua_newtable(L);
+  lua_newtable(L);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
 static void create_ctx(lua_State *L) {
   ctx *x = lua_newuserdata(L, sizeof *x);
   memset(x, 0, sizeof *x);
@@ -610,12 +622,8 @@ static void create_ctx(lua_State *L) {
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
   lua_setfield(L, LUA_REGISTRYINDEX, CTX_KEY);
-  lua_newtable(L);
-  lua_newtable(L);
-  lua_pushliteral(L, "v");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  x->objects = luaL_ref(L, LUA_REGISTRYINDEX);
+  x->objects = weak_table(L);
+  x->bound = weak_table(L);
 }
 
 static const luaL_Reg server_methods[] = {

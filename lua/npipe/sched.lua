@@ -24,15 +24,13 @@ local function pack(...)
 end
 sched.pack = pack
 
--- xpcall with arguments also on Lua 5.1.
-local function call_job(fn, a, b, c)
-  return xpcall(function() return fn(a, b, c) end, traceback)
-end
-
+-- A worker runs one job after another. A job that raises kills its worker (the error
+-- and traceback are taken from the dead coroutine), because Lua 5.1 cannot yield
+-- across pcall and handlers must be able to wait.
 local function worker(fn, a, b, c)
   while true do
-    local ok, err = call_job(fn, a, b, c)
-    fn, a, b, c = coroutine_yield(DONE, ok, err)
+    fn(a, b, c)
+    fn, a, b, c = coroutine_yield(DONE)
   end
 end
 
@@ -48,21 +46,24 @@ end
 sched.report = report
 
 -- Objects that own jobs (connections) provide :_job_done(ok, err) and a queue.
-local function after_resume(co, ok, tag, jok, jerr)
-  if not ok then -- the worker itself broke: a bug in npipe, not in user code
-    is_worker[co] = nil
-    report("internal scheduler error", tag)
-    return
-  end
-  if tag ~= DONE then return end
+local function job_ended(co, ok, err)
   local owner = owner_of[co]
   owner_of[co] = nil
-  pool[#pool + 1] = co
   if owner then
     owner._busy = nil
-    owner:_job_done(jok, jerr)
-  elseif not jok then
-    report("error in a spawned function", jerr)
+    owner:_job_done(ok, err)
+  elseif not ok then
+    report("error in a spawned function", err)
+  end
+end
+
+local function after_resume(co, ok, tag)
+  if not ok then -- the job raised: this worker is done for
+    is_worker[co] = nil
+    job_ended(co, false, traceback(co, tag))
+  elseif tag == DONE then
+    pool[#pool + 1] = co
+    job_ended(co, true)
   end
 end
 
