@@ -87,19 +87,26 @@ end
 
 -- A 4-byte big-endian length prefix: the wire form of message framing.
 function helpers.frame(msg)
-  return string.pack(">s4", msg)
+  local n = #msg
+  return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+                     math.floor(n / 256) % 256, n % 256) .. msg
 end
 
--- Runs fn in an npipe coroutine and drives the loop until it returns; errors propagate.
+-- Runs fn in an npipe coroutine and drives the loop until it returns; its error is
+-- raised here. (Not pcall inside the coroutine: Lua 5.1 cannot yield across it.)
 function helpers.run(fn, seconds)
-  local done, ok, err = false, true, nil
+  local sched = require("npipe.sched")
+  local done, failure = false, nil
+  local report = sched.report
+  sched.report = function(what, err) failure = what .. ": " .. tostring(err) end
   npipe.spawn(function()
-    local r = table.pack(xpcall(fn, debug.traceback))
-    ok, err, done = r[1], r[2], true
+    fn()
+    done = true
   end)
-  helpers.wait_until(function() return done end, seconds or 30)
+  helpers.wait_until(function() return done or failure end, seconds or 30)
+  sched.report = report
+  if failure then error(failure, 0) end
   assert(done, "spec body did not finish in time")
-  if not ok then error(err, 0) end
 end
 
 return helpers

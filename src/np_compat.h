@@ -7,6 +7,7 @@
 #include <lua.h>
 
 #if LUA_VERSION_NUM < 502
+#if !defined(luaL_newlib) /* LuaJIT 2.1 has these three already */
 static inline void luaL_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
   (void)nup; /* the binding registers no upvalues */
   luaL_register(L, NULL, l);
@@ -16,6 +17,7 @@ static inline void luaL_setmetatable(lua_State *L, const char *tname) {
   luaL_getmetatable(L, tname);
   lua_setmetatable(L, -2);
 }
+#endif
 static inline void lua_rawgetp(lua_State *L, int idx, const void *p) {
   if (idx < 0 && idx > LUA_REGISTRYINDEX) idx--; /* the key is pushed first */
   lua_pushlightuserdata(L, (void *)p);

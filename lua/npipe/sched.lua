@@ -53,7 +53,7 @@ local function job_ended(co, ok, err)
     owner._busy = nil
     owner:_job_done(ok, err)
   elseif not ok then
-    report("error in a spawned function", err)
+    sched.report("error in a spawned function", err)
   end
 end
 
@@ -242,7 +242,7 @@ function sched.spawn(fn, ...)
     end
     function t._enqueue() end
     function t._job_done(_, ok, err)
-      if not ok then report("error in a spawned function", err) end
+      if not ok then sched.report("error in a spawned function", err) end
     end
     t._qn = 1
     pending[#pending + 1] = t
