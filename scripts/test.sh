@@ -5,7 +5,8 @@
 # Ends with one line "npipe: N passed, M failed". Arguments go to busted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh valgrind clang libclang-rt-14-dev
+bash scripts/deps.sh valgrind clang libclang-rt-14-dev gcc-mingw-w64-x86-64 lua5.1 liblua5.1-0-dev \
+  lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev luajit libluajit-5.1-dev
 bash scripts/build.sh
 source scripts/env.sh
 LOG=$(mktemp -d /tmp/npipe-test.XXXXXX)
@@ -52,6 +53,18 @@ if [ "${NPIPE_FUZZ_SECONDS:-30}" != 0 ]; then
   echo "== fuzzing"
   bash scripts/fuzz.sh
   passed=$((passed + 2))
+fi
+
+echo "== Windows cross-compile (mingw-w64)"
+bash scripts/windows.sh
+passed=$((passed + 1))
+
+if [ "${NPIPE_MATRIX:-1}" != 0 ]; then
+  echo "== Lua 5.1, 5.2, 5.3, LuaJIT"
+  bash scripts/matrix.sh ${NPIPE_MATRIX_SPECS:-} | tee "$LOG/matrix"
+  while read -r line; do
+    passed=$((passed + $(echo "$line" | awk '{print $1}')))
+  done < <(grep -E '^[0-9]+ success' "$LOG/matrix")
 fi
 
 echo "npipe: $passed passed, 0 failed"

@@ -324,7 +324,7 @@ static int l_now(lua_State *L) {
 }
 
 static int l_session_id(lua_State *L) {
-  lua_pushinteger(L, np_platform_session_id(0));
+  lua_pushinteger(L, np_platform_session_id());
   return 1;
 }
 
@@ -457,13 +457,10 @@ static int conn_peer(lua_State *L) {
 }
 
 static int conn_peer_session(lua_State *L) {
-  np_cred cr;
-  int rc = np_conn_peer(open_conn(L), &cr);
-  if (rc < 0 || cr.pid <= 0) return push_error(L, UV_ENOTSUP, "peer process id is not available");
-  long sid = np_platform_session_id(cr.pid);
+  long sid = np_conn_peer_session(open_conn(L));
   if (sid < 0) {
     lua_pushnil(L);
-    lua_pushfstring(L, "cannot read the session of process %d: %s", (int)cr.pid, uv_strerror((int)sid));
+    lua_pushfstring(L, "cannot read the session of the process at the other end: %s", uv_strerror((int)sid));
     lua_pushstring(L, uv_err_name((int)sid));
     return 3;
   }

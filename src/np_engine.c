@@ -363,7 +363,12 @@ int np_conn_is_open(const np_conn *c) { return c->state == C_OPEN; }
 
 int np_conn_peer(np_conn *c, np_cred *out) {
   *out = c->cred;
-  return c->cred.uid < 0 ? UV_ENOTSUP : 0;
+  return c->cred.pid < 0 && c->cred.uid < 0 ? UV_ENOTSUP : 0;
+}
+
+long np_conn_peer_session(np_conn *c) {
+  if (c->state != C_OPEN) return UV_ENOTCONN;
+  return np_platform_peer_session(&c->pipe, &c->cred);
 }
 
 size_t np_conn_queued(const np_conn *c) { return c->queued; }

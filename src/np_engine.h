@@ -80,6 +80,8 @@ void np_conn_pause(np_conn *c);
 void np_conn_resume(np_conn *c);
 int np_conn_is_open(const np_conn *c);
 int np_conn_peer(np_conn *c, np_cred *out);
+/* GetNamedPipeClientSessionId / GetNamedPipeServerSessionId: the peer's session. */
+long np_conn_peer_session(np_conn *c);
 size_t np_conn_queued(const np_conn *c);
 uint64_t np_conn_id(const np_conn *c);
 np_server *np_conn_server(const np_conn *c);

@@ -33,9 +33,14 @@ int np_platform_reclaim(const char *path, char *err, size_t errlen);
 /* Identity of the process at the other end of a connected pipe. */
 int np_platform_peer_cred(uv_pipe_t *pipe, np_cred *out);
 
-/* Session id: of a process (pid > 0), or of this process (pid == 0).
- * POSIX session on Unix, Terminal Services session on Windows. <0: uv error code. */
-long np_platform_session_id(long pid);
+/* Session id of this process: POSIX session on Unix, Terminal Services session on
+ * Windows. <0: uv error code. */
+long np_platform_session_id(void);
+
+/* Session id of the process at the other end of a connected pipe (whose identity,
+ * taken at connect time, is cred): getsid(pid) on Unix; on Windows
+ * GetNamedPipeClientSessionId on a server end, GetNamedPipeServerSessionId on a client end. */
+long np_platform_peer_session(uv_pipe_t *pipe, const np_cred *cred);
 long np_platform_pid(void);
 
 /* Bytes written on this pipe that the peer has not read yet (SIOCOUTQ on Linux).

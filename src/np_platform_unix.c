@@ -155,8 +155,15 @@ int np_platform_peer_cred(uv_pipe_t *pipe, np_cred *out) {
 #endif
 }
 
-long np_platform_session_id(long pid) {
-  pid_t sid = getsid((pid_t)pid);
+long np_platform_session_id(void) {
+  pid_t sid = getsid(0);
+  return sid < 0 ? -errno : (long)sid;
+}
+
+long np_platform_peer_session(uv_pipe_t *pipe, const np_cred *cred) {
+  (void)pipe;
+  if (cred->pid <= 0) return UV_ENOTSUP;
+  pid_t sid = getsid((pid_t)cred->pid);
   return sid < 0 ? -errno : (long)sid;
 }
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Cross-compiles the C core (engine, framing, Windows platform layer and the Lua
+# binding) for Windows with mingw-w64, against Debian's libuv and Lua headers, with
+# warnings as errors, so that the Windows side cannot rot. Compile only: Debian has
+# no Windows builds of libuv and Lua to link against.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh gcc-mingw-w64-x86-64
+OUT=build-windows
+rm -rf "$OUT" && mkdir -p "$OUT/include/uv"
+# Only the headers: /usr/include itself would bring in Linux's libc headers.
+cp /usr/include/uv.h "$OUT/include/"
+cp /usr/include/uv/*.h "$OUT/include/uv/"
+cp /usr/include/lua5.4/lua.h /usr/include/lua5.4/luaconf.h /usr/include/lua5.4/lauxlib.h "$OUT/include/"
+for f in np_framing np_engine np_platform_win lnpipe; do
+  x86_64-w64-mingw32-gcc -std=gnu11 -Wall -Wextra -Werror -D_WIN32_WINNT=0x0600 \
+    -I"$OUT/include" -Isrc -c "src/$f.c" -o "$OUT/$f.o"
+done
+echo "windows cross-compile clean: $(ls "$OUT"/*.o | wc -l) objects"
