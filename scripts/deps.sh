@@ -5,17 +5,14 @@ set -euo pipefail
 
 PACKAGES=(gcc make cmake pkg-config libuv1-dev lua5.4 liblua5.4-dev lua-busted
           luarocks lua-check python3 socat procps util-linux "$@")
+# Satisfied by the command alone, wherever it came from (pyenv, NodeSource, ...).
+declare -A BY_COMMAND=([python3]=python3 [nodejs]=node)
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-# python3 may come from elsewhere (pyenv); the specs only need some python3 on PATH.
-if command -v python3 >/dev/null; then
-  missing=("${missing[@]/python3}")
-fi
 want=()
-for p in "${missing[@]}"; do [ -n "$p" ] && want+=("$p"); done
+for p in "${PACKAGES[@]}"; do
+  if [ -n "${BY_COMMAND[$p]:-}" ] && command -v "${BY_COMMAND[$p]}" >/dev/null; then continue; fi
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || want+=("$p")
+done
 if [ ${#want[@]} -gt 0 ]; then
   echo "npipe: installing ${want[*]}" >&2
   SUDO=""
