@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh valgrind clang libclang-rt-14-dev gcc-mingw-w64-x86-64 lua5.1 liblua5.1-0-dev \
-  lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev luajit libluajit-5.1-dev nodejs
+  lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev luajit libluajit-5.1-dev nodejs lua-luv
 bash scripts/build.sh
 source scripts/env.sh
 LOG=$(mktemp -d /tmp/npipe-test.XXXXXX)
