@@ -50,12 +50,18 @@ function helpers.write_file(path, data)
   f:close()
 end
 
+-- A child that has exited but was not reaped (here they are re-parented to a PID 1
+-- that does not reap) is a zombie: it counts as gone.
 function helpers.alive(pid)
-  return os.execute(("kill -0 %d 2>/dev/null"):format(pid)) == true
+  local stat = helpers.read_file("/proc/" .. pid .. "/stat")
+  if not stat then return false end
+  local state = stat:match("^%d+ %b() (%a)")
+  return state ~= nil and state ~= "Z" and state ~= "X"
 end
 
 function helpers.kill(pid, sig)
-  os.execute(("kill -%s %d 2>/dev/null"):format(sig or "TERM", pid))
+  sig = tostring(sig or "TERM"):gsub("^SIG", "")
+  os.execute(("kill -%s %d 2>/dev/null"):format(sig, pid))
 end
 
 -- Polls cond (driving npipe's loop in between) until it is true or seconds pass.
