@@ -1,0 +1,28 @@
+-- An echo server: every chunk, line or message a client sends comes straight back.
+-- Run: lua5.4 examples/echo.lua [NAME] [bytes|lines|message]    (defaults: echo, lines)
+-- Talk: npipe connect NAME   (or socat - UNIX-CONNECT:<printed path> for lines)
+-- Stops cleanly on SIGINT or SIGTERM: the socket file is removed.
+local npipe = require("npipe")
+
+local name = arg and arg[1] or "echo"
+local framing = arg and arg[2] or "lines"
+
+local server, err = npipe.listen(name, { framing = framing }, {
+  data = function(conn, msg) conn:write(msg) end,
+})
+if not server then
+  io.stderr:write("echo: ", tostring(err), "\n")
+  os.exit(1)
+end
+
+print(("echo: serving %s (%s framing) on %s"):format(name, framing, server:path()))
+io.stdout:flush()
+
+local function stop(sig)
+  io.stderr:write("echo: ", sig, ": stopping\n")
+  server:close()
+  npipe.stop()
+end
+npipe.on_signal("SIGINT", stop)
+npipe.on_signal("SIGTERM", stop)
+npipe.run()
