@@ -446,26 +446,25 @@ static int conn_is_open(lua_State *L) {
   return 1;
 }
 
+/* The peer's identity as taken at connect time: pid, uid, gid (-1 where the OS does
+ * not tell) and session id (nil and a message when it could not be read). */
 static int conn_peer(lua_State *L) {
+  np_conn *c = open_conn(L);
   np_cred cr;
-  int rc = np_conn_peer(open_conn(L), &cr);
+  int rc = np_conn_peer(c, &cr);
   if (rc < 0) return push_error(L, rc, "peer credentials are not available");
   lua_pushinteger(L, cr.pid);
   lua_pushinteger(L, cr.uid);
   lua_pushinteger(L, cr.gid);
-  return 3;
-}
-
-static int conn_peer_session(lua_State *L) {
-  long sid = np_conn_peer_session(open_conn(L));
-  if (sid < 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "cannot read the session of the process at the other end: %s", uv_strerror((int)sid));
-    lua_pushstring(L, uv_err_name((int)sid));
-    return 3;
+  long sid = np_conn_peer_session(c);
+  if (sid >= 0) {
+    lua_pushinteger(L, sid);
+    return 4;
   }
-  lua_pushinteger(L, sid);
-  return 1;
+  lua_pushnil(L);
+  lua_pushfstring(L, "cannot read the session of the process at the other end: %s", uv_strerror((int)sid));
+  lua_pushstring(L, uv_err_name((int)sid));
+  return 6;
 }
 
 static int conn_queued(lua_State *L) {
@@ -506,6 +505,9 @@ static int timer_start(lua_State *L) {
   lua_Number ms = luaL_checknumber(L, 2);
   lua_Number rep = luaL_optnumber(L, 3, 0);
   luaL_argcheck(L, ms >= 0 && rep >= 0, 2, "time must not be negative");
+  /* libuv counts from the time cached at the last loop turn, which is stale after
+   * the script ran for a while without the loop: a timeout would expire early. */
+  uv_update_time(t->loop);
   uv_timer_start(t, on_timer, (uint64_t)ms, (uint64_t)rep);
   return 0;
 }
@@ -547,6 +549,7 @@ static int l_signal(lua_State *L) {
   h->data = new_box(L, x, h, SIGNAL_MT);
   int rc = uv_signal_start(h, on_signal, numbers[which]);
   if (rc < 0) return luaL_error(L, "cannot watch %s: %s", names[which], uv_strerror(rc));
+  uv_unref((uv_handle_t *)h); /* watching a signal alone does not keep npipe.run() going */
   return 1;
 }
 
@@ -630,7 +633,7 @@ static const luaL_Reg server_methods[] = {
 static const luaL_Reg conn_methods[] = {
     {"write", conn_write},   {"disconnect", conn_disconnect}, {"flush", conn_flush},
     {"pause", conn_pause},   {"resume", conn_resume},         {"is_open", conn_is_open},
-    {"peer", conn_peer},     {"peer_session", conn_peer_session}, {"queued", conn_queued},
+    {"peer", conn_peer},     {"queued", conn_queued},
     {"id", conn_id},         {"framing", conn_framing},       {NULL, NULL}};
 
 static const luaL_Reg timer_methods[] = {

@@ -53,6 +53,7 @@ struct np_conn {
   int flush_pending;
   int over_high;
   np_cred cred;
+  long session; /* the peer's session, taken at connect time like cred */
   uint64_t id;
   void *data;
 };
@@ -113,6 +114,7 @@ static np_conn *conn_new(np_engine *e, const np_conn_opts *opts) {
   c->opts = *opts;
   c->id = e->next_id++;
   c->cred.pid = c->cred.uid = c->cred.gid = -1;
+  c->session = UV_ENOTSUP;
   np_framer_init(&c->fr, opts->framing, opts->max_message);
   uv_pipe_init(e->loop, &c->pipe, 0);
   c->pipe.data = c;
@@ -210,6 +212,7 @@ static void update_reading(np_conn *c) {
 static int conn_open(np_conn *c) {
   c->state = C_OPEN;
   np_platform_peer_cred(&c->pipe, &c->cred);
+  c->session = np_platform_peer_session(&c->pipe, &c->cred);
   LIST_ADD(c->e->conns, c);
   c->reading = 1;
   return uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
@@ -366,10 +369,7 @@ int np_conn_peer(np_conn *c, np_cred *out) {
   return c->cred.pid < 0 && c->cred.uid < 0 ? UV_ENOTSUP : 0;
 }
 
-long np_conn_peer_session(np_conn *c) {
-  if (c->state != C_OPEN) return UV_ENOTCONN;
-  return np_platform_peer_session(&c->pipe, &c->cred);
-}
+long np_conn_peer_session(np_conn *c) { return c->session; }
 
 size_t np_conn_queued(const np_conn *c) { return c->queued; }
 uint64_t np_conn_id(const np_conn *c) { return c->id; }

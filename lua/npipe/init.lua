@@ -47,9 +47,12 @@ local function options(fname, opts, known)
     o[k] = v
   end
   if type(o.mode) == "string" then
-    local m = tonumber(o.mode, 8)
-    if not m then error(fname .. ": mode must be an octal string such as '0660'", 3) end
+    local m = o.mode:match("^[0-7]+$") and tonumber(o.mode, 8)
+    if not m or m > 511 then error(fname .. ": mode must be an octal string such as '0660'", 3) end
     o.mode = m
+  elseif type(o.mode) ~= "number" or o.mode < 0 or o.mode > 511 or o.mode % 1 ~= 0 then
+    -- 0666 in Lua source is decimal 666: insist on a string for anything that is not plainly bits
+    error(fname .. ": mode must be an octal string such as '0660' (or a number 0..511)", 3)
   end
   return o
 end
@@ -62,7 +65,7 @@ npipe.Conn = Conn
 
 local function new_conn(c, server, high_water)
   local conn = setmetatable({ _c = c, _id = c:id(), _server = server, _qn = 0, state = {},
-                              _high_water = high_water }, Conn)
+                              _high_water = high_water, _framing = (c:framing()) }, Conn)
   core.bind(c, conn)
   return conn
 end
@@ -250,25 +253,31 @@ function Conn:is_open() return not self._closed end
 function Conn:closed_reason() return self._closed, self._code end
 function Conn:id() return self._id end
 function Conn:server() return self._server end
-function Conn:framing() return (self._c:framing()) end
+function Conn:framing() return self._framing end
+
+-- The peer's identity, read once at connect time (SO_PEERCRED is fixed then, and the
+-- values stay readable after the connection has closed).
+local function capture(conn)
+  local pid, uid, gid, sid, sid_err, sid_code = conn._c:peer()
+  if not pid then
+    conn._cred = false
+    return
+  end
+  conn._cred = { pid = pid, uid = uid, gid = gid }
+  conn._sid, conn._sid_err, conn._sid_code = sid, sid_err, sid_code
+end
 
 local function peer(self)
-  if self._cred == nil then
-    local pid, uid, gid = self._c:peer()
-    self._cred = pid and { pid = pid, uid = uid, gid = gid } or false
-  end
+  if self._cred == nil then capture(self) end
   return self._cred
 end
 
 local function copy(t) return { pid = t.pid, uid = t.uid, gid = t.gid } end
 
 local function peer_session(self)
-  if self._peer_sid == nil then
-    local sid, err, code = self._c:peer_session()
-    if not sid then return nil, err, code end
-    self._peer_sid = sid
-  end
-  return self._peer_sid
+  if not peer(self) then return nil, "peer credentials are not available", "ENOTSUP" end
+  if self._sid == nil then return nil, self._sid_err, self._sid_code end
+  return self._sid
 end
 
 --- GetNamedPipeClientSessionId (server side) / the session of this process (client side).
@@ -320,7 +329,7 @@ npipe.Server = Server
 local live_servers = {} -- luacheck: ignore 241
 
 function Server:__tostring()
-  return ("npipe.server(%s)"):format(self.path)
+  return ("npipe.server(%s)"):format(self._path)
 end
 
 Server.__close = function(self) self:close() end
@@ -331,7 +340,7 @@ function Server:is_open() return self._c:is_open() end
 
 function Server:stats()
   local st = self._c:is_open() and self._c:stats() or self._last_stats
-  st.rejected = self._rejected
+  st.rejected = st.rejected + self._rejected
   return st
 end
 
@@ -383,8 +392,28 @@ local function data_handler(h)
   return nil
 end
 
+local HANDLER_NAMES = { connect = true, data = true, request = true, disconnect = true, error = true,
+                        reject = true }
+
+local function is_handlers(t)
+  for k in pairs(t) do if HANDLER_NAMES[k] then return true end end
+  return false
+end
+
+-- A function handler is the whole life of one connection: when it returns, what it
+-- wrote is delivered (for up to a second) and the connection ends.
+local function per_connection(fn)
+  return function(conn)
+    fn(conn)
+    if conn:is_open() then
+      conn:flush(1)
+      conn:disconnect("handler returned")
+    end
+  end
+end
+
 local function handlers_of(h)
-  if type(h) == "function" then return { connect = h } end
+  if type(h) == "function" then return { connect = per_connection(h) } end
   return {
     connect = h.connect, disconnect = h.disconnect, error = h.error, reject = h.reject,
     data = data_handler(h),
@@ -394,8 +423,7 @@ end
 --- CreateNamedPipe + ConnectNamedPipe for every client: serves name with handlers.
 function npipe.listen(name, opts, handlers)
   check_type("listen", 1, name, "string")
-  if handlers == nil and (type(opts) == "function" or (type(opts) == "table" and
-      (opts.data or opts.connect or opts.request))) then
+  if handlers == nil and (type(opts) == "function" or (type(opts) == "table" and is_handlers(opts))) then
     opts, handlers = nil, opts
   end
   if type(handlers) ~= "function" then check_type("listen", 3, handlers, "table") end
@@ -465,16 +493,21 @@ function npipe.connect(name, opts)
     local conn
     conn, err, code = try_connect(path, o)
     if not conn then return nil, err, code end
-    local left = deadline and math.max(0, deadline - core.now())
+    -- A local connect is answered at once but reported on the next loop turn: an
+    -- attempt is never cut short, the deadline only bounds the retries.
+    local left = deadline and math.max(1, deadline - core.now())
     local ok
     ok, err, code = wait_for(conn._connw, left)
-    if ok then return check_identity(conn, path, o.expect) end
+    if ok then
+      capture(conn)
+      return check_identity(conn, path, o.expect)
+    end
     conn:_end_now("connect abandoned", "ECANCELED")
-    if code == "ETIMEDOUT" or (deadline and core.now() >= deadline) then
+    if code == "EAGAIN" then err = "all instances of the pipe are busy (EAGAIN)" end
+    if code == "ETIMEDOUT" or (deadline and core.now() >= deadline and RETRY_CODES[code]) then
       return nil, ("cannot connect to %s: no server answered within %g s%s"):format(
         path, o.timeout, last_err and (" (" .. last_err .. ")") or ""), "ETIMEDOUT"
     end
-    if code == "EAGAIN" then err = "all instances of the pipe are busy (EAGAIN)" end
     if not (deadline and RETRY_CODES[code]) then
       return nil, ("cannot connect to %s: %s"):format(path, err), code
     end
@@ -492,10 +525,11 @@ function npipe.call(name, msg, opts)
   local o = {}
   for k, v in pairs(opts or {}) do o[k] = v end
   o.framing = o.framing or "message"
+  local deadline = o.timeout and core.now() + o.timeout
   local conn, err, code = npipe.connect(name, o)
   if not conn then return nil, err, code end
   local reply
-  reply, err, code = conn:transact(msg, o.timeout)
+  reply, err, code = conn:transact(msg, deadline and math.max(0, deadline - core.now()))
   conn:disconnect("call finished")
   if reply == nil and err == "closed" then
     return nil, "the server closed the pipe without replying", code
@@ -526,14 +560,21 @@ end
 function npipe.list()
   local dir, err, code = npipe.dir()
   if not dir then return nil, err, code end
-  local entries = core.scandir(dir)
+  local entries, serr, scode = core.scandir(dir)
+  if not entries then
+    if scode == "ENOENT" then return {} end -- no server has run yet
+    return nil, serr, scode
+  end
   local list = {}
-  for _, e in ipairs(entries or {}) do
+  for _, e in ipairs(entries) do
     if e.type == "socket" then
       local path = dir .. "/" .. e.name
       local state, pid, uid = core.probe(path)
-      list[#list + 1] = { name = e.name, path = path, state = state or "unknown", pid = pid, uid = uid,
-                          error = not state and pid or nil }
+      if state then
+        list[#list + 1] = { name = e.name, path = path, state = state, pid = pid, uid = uid }
+      else
+        list[#list + 1] = { name = e.name, path = path, state = "error", error = pid }
+      end
     end
   end
   table.sort(list, function(a, b) return a.name < b.name end)
@@ -582,6 +623,7 @@ end
 
 function events.accept(server, c)
   local conn = new_conn(c, server, server._high_water)
+  capture(conn)
   if not admit(server, conn) then return settle() end
   server._conns[conn] = true
   if server._idle then conn._last = core.now() end

@@ -52,6 +52,8 @@ local function job_ended(co, ok, err)
   if owner then
     owner._busy = nil
     owner:_job_done(ok, err)
+    -- jobs that arrived while this one waited: pump starts them
+    if owner._qn > 0 then pending[#pending + 1] = owner end
   elseif not ok then
     sched.report("error in a spawned function", err)
   end
@@ -232,6 +234,10 @@ function sched.sleep(seconds)
 end
 
 function sched.spawn(fn, ...)
+  if select("#", ...) > 3 then
+    local args = pack(...)
+    return sched.spawn(function() fn(unpack(args, 1, args.n)) end)
+  end
   local a, b, c = ...
   if in_worker() then
     local t = { _qn = 0 }
