@@ -1,0 +1,385 @@
+-- Bounded soak test: a server child process, client child processes, checksums and the
+-- server's RSS sampled over time.
+--
+--   lua5.4 bench/soak.lua [--short]
+--
+-- Full run: (a) 100,000 connect/send/receive/disconnect cycles and (b) 1,000,000 messages
+-- across 100 concurrent connections (message framing). --short: 2,000 cycles and 50,000
+-- messages. The work runs in two equal rounds; the server's RSS is sampled after a
+-- warm-up ("start"), after round 1 ("middle") and after round 2 ("end"). Every message
+-- carries its connection, sequence number and a payload checksum; the server checks
+-- order and content of what it receives, the clients check that each echo is exactly
+-- the message sent at that position. Exits non-zero on any loss, duplicate, reordering,
+-- corrupted message, or when the end RSS exceeds the middle one by more than a generous
+-- margin (8 MiB plus half the growth from start to middle; not judged under
+-- AddressSanitizer, whose quarantine keeps freed memory). Prints one summary line:
+--   soak: OK cycles=N messages=N clients=100 connections=N lost=0 dup=0 reorder=0 bad=0
+--   rss_kb start=N middle=N end=N time=Ns
+-- (the counts include a small warm-up round before the start sample).
+--
+-- Internal modes (used by the script itself):
+--   soak.lua --server NAME
+--   soak.lua --cycles NAME WORKER COUNT SECONDS
+--   soak.lua --stream NAME PROC CONNS MSGS SECONDS
+local npipe = require("npipe")
+local core = require("npipe.core")
+
+local LUA = arg[-1] or "lua5.4"
+-- Under AddressSanitizer (scripts/sanitize.sh preloads it) freed memory is quarantined,
+-- so RSS grows with the work done and says nothing about leaks.
+local ASAN = (os.getenv("LD_PRELOAD") or ""):find("asan", 1, true) ~= nil
+local SELF = arg[0]
+local pack, unpack = string.pack, string.unpack
+
+---- the wire content, shared by every mode ----
+
+local function adler32(s)
+  local a, b = 1, 0
+  for i = 1, #s do
+    a = (a + s:byte(i)) % 65521
+    b = (b + a) % 65521
+  end
+  return b * 65536 + a
+end
+
+-- 64 payloads of pseudo-random bytes (fixed seed), 8 to 260 bytes, with their checksums.
+local PAYLOAD, SUM = {}, {}
+do
+  local seed = 20240601
+  for k = 0, 63 do
+    local t = {}
+    for i = 1, 8 + k * 4 do
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      t[i] = string.char(seed // 65536 % 256)
+    end
+    PAYLOAD[k] = table.concat(t)
+    SUM[k] = adler32(PAYLOAD[k])
+  end
+end
+
+-- "M" stream message: connection gid, sequence number, payload index and checksum, payload.
+local function stream_msg(gid, seq)
+  local k = (seq * 7 + gid) % 64
+  return pack(">c1I4I4I4I4", "M", gid, seq, k, SUM[k]) .. PAYLOAD[k], SUM[k] + seq
+end
+
+-- "C" cycle message: worker, cycle number, payload index and checksum, payload.
+local function cycle_msg(worker, i)
+  local k = (i * 13 + worker) % 64
+  return pack(">c1I4I4I4I4", "C", worker, i, k, SUM[k]) .. PAYLOAD[k], SUM[k] + i
+end
+
+local function rss_kb(pid)
+  local f = io.open(("/proc/%d/status"):format(pid))
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return tonumber(s:match("VmRSS:%s*(%d+)"))
+end
+
+local function say(fmt, ...)
+  io.stdout:write(fmt:format(...), "\n")
+  io.stdout:flush()
+end
+
+---- server ----
+
+local function run_server(name)
+  local t = { msgs = 0, sum = 0, cycles = 0, csum = 0, order = 0, bad = 0, conns = 0 }
+  local first_bad
+  local function bad(what)
+    t.bad = t.bad + 1
+    first_bad = first_bad or what
+  end
+  local server = assert(npipe.listen(name, { framing = "message" }, {
+    connect = function() t.conns = t.conns + 1 end,
+    data = function(conn, msg)
+      local tag = msg:sub(1, 1)
+      if tag == "M" or tag == "C" then
+        local id, seq, k, sum = unpack(">I4I4I4I4", msg, 2)
+        local want, value
+        if tag == "M" then want, value = stream_msg(id, seq) else want, value = cycle_msg(id, seq) end
+        if msg ~= want or sum ~= SUM[k] then
+          bad(("corrupt %s message %d/%d"):format(tag, id, seq))
+        elseif tag == "M" then
+          local st = conn.state
+          local expect = st.next or 1
+          if seq ~= expect then
+            t.order = t.order + 1
+            first_bad = first_bad or ("connection %d: got %d, expected %d"):format(id, seq, expect)
+          end
+          st.next = seq + 1
+          t.msgs, t.sum = t.msgs + 1, t.sum + value
+        else
+          t.cycles, t.csum = t.cycles + 1, t.csum + value
+        end
+        conn:write(msg)
+      elseif msg == "REPORT" then
+        conn:write(("msgs=%d sum=%d cycles=%d csum=%d order=%d bad=%d conns=%d first=%s"):format(
+          t.msgs, t.sum, t.cycles, t.csum, t.order, t.bad, t.conns, first_bad or "-"))
+      else
+        bad("unknown message")
+        conn:disconnect("unknown message")
+      end
+    end,
+  }))
+  say("pid %d", core.pid())
+  say("ready %s", server:path())
+  npipe.on_signal("SIGTERM", function() server:close(); npipe.stop() end)
+  npipe.spawn(function() -- never outlive a lost parent by much
+    npipe.sleep(900)
+    say("lifetime over")
+    os.exit(3)
+  end)
+  npipe.run()
+end
+
+---- clients ----
+
+local function run_cycles(name, worker, count, seconds)
+  local deadline = npipe.now() + seconds
+  local sum, errors, first = 0, 0, nil
+  for i = 1, count do
+    if npipe.now() > deadline then
+      errors, first = errors + 1, first or ("out of time after %d cycles"):format(i - 1)
+      break
+    end
+    local conn, err = npipe.connect(name, { framing = "message", timeout = 5 })
+    if not conn then
+      errors, first = errors + 1, first or ("connect %d: %s"):format(i, err)
+      break
+    end
+    local msg, value = cycle_msg(worker, i)
+    local ok, werr = conn:write(msg)
+    local reply, rerr = conn:read(10)
+    if not ok or reply ~= msg then
+      errors = errors + 1
+      first = first or ("cycle %d: %s"):format(i, tostring(werr or rerr or "wrong echo"))
+    else
+      sum = sum + value
+    end
+    conn:disconnect()
+  end
+  say("result cycles=%d sum=%d errors=%d first=%s", count, sum, errors, first or "-")
+  os.exit(errors == 0 and 0 or 1)
+end
+
+local WINDOW = 50 -- messages in flight per connection
+
+local function run_stream(name, proc, nconns, nmsgs, seconds)
+  local deadline = npipe.now() + seconds
+  local st = { sum = 0, recv = 0, lost = 0, dup = 0, reorder = 0, bad = 0, done = 0 }
+  local first
+  local function client(j)
+    local gid = proc * 1000 + j
+    local conn, err = npipe.connect(name, { framing = "message", timeout = 10 })
+    if not conn then
+      st.lost = st.lost + nmsgs
+      first = first or ("connect: " .. tostring(err))
+      st.done = st.done + 1
+      return
+    end
+    local seq = 0
+    while seq < nmsgs do
+      local n = math.min(WINDOW, nmsgs - seq)
+      for s = seq + 1, seq + n do
+        if not conn:write((stream_msg(gid, s))) then break end
+      end
+      for s = seq + 1, seq + n do
+        local left = math.min(10, deadline - npipe.now())
+        local reply, rerr = conn:read(left > 0 and left or 0)
+        if reply == nil then
+          st.lost = st.lost + (nmsgs - s + 1)
+          first = first or ("connection %d: read %s at %d"):format(gid, tostring(rerr), s)
+          seq = nmsgs
+          break
+        end
+        local want, value = stream_msg(gid, s)
+        if reply == want then
+          st.recv, st.sum = st.recv + 1, st.sum + value
+        else
+          local okp, _, got = pcall(unpack, ">xI4I4", reply)
+          if not okp or type(got) ~= "number" then st.bad = st.bad + 1
+          elseif got < s then st.dup = st.dup + 1
+          elseif got > s then st.reorder = st.reorder + 1
+          else st.bad = st.bad + 1 end
+          first = first or ("connection %d: wrong echo at %d (got %s)"):format(gid, s, tostring(got))
+        end
+      end
+      seq = seq + n
+    end
+    conn:disconnect()
+    st.done = st.done + 1
+  end
+  for j = 1, nconns do npipe.spawn(client, j) end
+  while st.done < nconns and npipe.now() < deadline + 1 do npipe.sleep(0.02) end
+  if st.done < nconns then first = first or "out of time" end
+  local ok = st.done == nconns and st.recv == nconns * nmsgs and st.lost + st.dup + st.reorder + st.bad == 0
+  say("result msgs=%d recv=%d sum=%d lost=%d dup=%d reorder=%d bad=%d first=%s", nconns * nmsgs, st.recv,
+      st.sum, st.lost, st.dup, st.reorder, st.bad, first or "-")
+  os.exit(ok and 0 or 1)
+end
+
+---- the driver ----
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- Runs child invocations of this script in parallel and waits for all of them;
+-- returns their outputs (nil for a child that failed).
+local function run_children(tmp, tag, list, seconds)
+  local parts = {}
+  for i, args in ipairs(list) do
+    local out = ("%s/%s-%d.out"):format(tmp, tag, i)
+    local a = {}
+    for _, v in ipairs(args) do a[#a + 1] = q(v) end
+    parts[#parts + 1] = ("(timeout -k 5 %d %s %s %s > %s 2>&1; echo $? > %s.rc) &"):format(
+      seconds + 10, q(LUA), q(SELF), table.concat(a, " "), out, out)
+  end
+  os.execute(table.concat(parts, " ") .. " wait")
+  local outs, failed = {}, nil
+  for i = 1, #list do
+    local out = ("%s/%s-%d.out"):format(tmp, tag, i)
+    local rc = tonumber(read_file(out .. ".rc"))
+    local text = read_file(out)
+    if rc ~= 0 then failed = failed or ("%s child %d exited %s: %s"):format(tag, i, tostring(rc), text) end
+    outs[i] = text
+  end
+  return outs, failed
+end
+
+local function driver(short)
+  local started = npipe.now()
+  local CYCLES = short and 2000 or 100000
+  local MSGS = short and 50000 or 1000000
+  local CONNS, PROCS, WORKERS, ROUNDS = 100, 4, 4, 2
+  local budget_end = started + (short and 60 or 290) -- the whole run, children included
+  local tmp = os.tmpname()
+  os.remove(tmp)
+  os.execute("mkdir -p " .. q(tmp))
+  local name = tmp .. "/soak.sock" -- a directory of its own: npipe.list() probes elsewhere do not count
+
+  local p = assert(io.popen(("exec %s %s --server %s > %s/server.out 2>&1 & echo $!"):format(
+    q(LUA), q(SELF), q(name), q(tmp))))
+  local spid = tonumber(p:read("l"))
+  p:close()
+
+  local totals = { cycles = 0, csum = 0, msgs = 0, sum = 0, lost = 0, dup = 0, reorder = 0, bad = 0 }
+  local failures = {}
+  local rss = {}
+
+  local function phase(tag, cycles, msgs)
+    local LIMIT = math.max(5, math.floor(budget_end - npipe.now())) -- seconds this phase may take
+    local list = {}
+    for w = 1, WORKERS do list[w] = { "--cycles", name, w, cycles // WORKERS, LIMIT } end
+    local outs, failed = run_children(tmp, tag .. "-cycles", list, LIMIT)
+    if failed then failures[#failures + 1] = failed end
+    for _, o in ipairs(outs) do
+      local n, s = o:match("result cycles=(%d+) sum=(%d+) errors=0")
+      if n then totals.cycles, totals.csum = totals.cycles + tonumber(n), totals.csum + tonumber(s) end
+    end
+    list = {}
+    local per = CONNS // PROCS
+    for i = 1, PROCS do list[i] = { "--stream", name, i, per, msgs // CONNS, LIMIT } end
+    outs, failed = run_children(tmp, tag .. "-stream", list, LIMIT)
+    if failed then failures[#failures + 1] = failed end
+    for _, o in ipairs(outs) do
+      local recv, s, lost, dup, re, bad = o:match(
+        "result msgs=%d+ recv=(%d+) sum=(%d+) lost=(%d+) dup=(%d+) reorder=(%d+) bad=(%d+)")
+      if recv then
+        totals.msgs, totals.sum = totals.msgs + tonumber(recv), totals.sum + tonumber(s)
+        totals.lost, totals.dup = totals.lost + tonumber(lost), totals.dup + tonumber(dup)
+        totals.reorder, totals.bad = totals.reorder + tonumber(re), totals.bad + tonumber(bad)
+      else
+        totals.lost = totals.lost + msgs // PROCS -- a client that did not report lost its share
+      end
+    end
+  end
+
+  local ok, err = pcall(function()
+    local ready = false
+    for _ = 1, 500 do
+      if read_file(tmp .. "/server.out"):find("ready ", 1, true) then ready = true; break end
+      npipe.sleep(0.01)
+    end
+    assert(ready, "the soak server did not start: " .. read_file(tmp .. "/server.out"))
+    phase("warmup", 2 * WORKERS * 10, CONNS * 10)
+    rss.start = rss_kb(spid)
+    local c0, m0 = totals.cycles, totals.msgs
+    for r = 1, ROUNDS do
+      phase("round" .. r, CYCLES // ROUNDS, MSGS // ROUNDS)
+      rss[r == 1 and "middle" or "end"] = rss_kb(spid)
+    end
+    local report = assert(npipe.call(name, "REPORT", { timeout = 5 }))
+    -- the server saw exactly what the clients got back
+    local sm, ss, sc, scs, so, sb, sconns = report:match(
+      "msgs=(%d+) sum=(%d+) cycles=(%d+) csum=(%d+) order=(%d+) bad=(%d+) conns=(%d+)")
+    assert(sm, "bad report: " .. report)
+    if tonumber(sm) ~= totals.msgs or tonumber(ss) ~= totals.sum then
+      failures[#failures + 1] = ("server received %s messages (sum %s), clients got back %d (sum %d)"):format(
+        sm, ss, totals.msgs, totals.sum)
+    end
+    if tonumber(sc) ~= totals.cycles or tonumber(scs) ~= totals.csum then
+      failures[#failures + 1] = ("server saw %s cycles (sum %s), clients completed %d (sum %d)"):format(
+        sc, scs, totals.cycles, totals.csum)
+    end
+    if tonumber(so) + tonumber(sb) > 0 then
+      failures[#failures + 1] = "server: " .. report
+    end
+    totals.reorder, totals.bad = totals.reorder + tonumber(so), totals.bad + tonumber(sb)
+    totals.conns = tonumber(sconns)
+    -- every cycle, every stream connection of every round and the report call: once each
+    local want_conns = totals.cycles + (ROUNDS + 1) * CONNS + 1
+    if totals.conns ~= want_conns then
+      failures[#failures + 1] = ("the server accepted %d connections, expected %d"):format(totals.conns, want_conns)
+    end
+    if totals.cycles - c0 ~= CYCLES then
+      failures[#failures + 1] = ("%d of %d cycles completed"):format(totals.cycles - c0, CYCLES)
+    end
+    if totals.msgs - m0 ~= MSGS then
+      failures[#failures + 1] = ("%d of %d messages came back"):format(totals.msgs - m0, MSGS)
+    end
+    assert(rss.start and rss.middle and rss["end"], "could not read the server's RSS")
+    local margin = 8 * 1024 + math.max(0, rss.middle - rss.start) // 2
+    if ASAN then
+      rss.note = " (RSS not judged under AddressSanitizer: its quarantine keeps freed memory)"
+    elseif rss["end"] > rss.middle + margin then
+      failures[#failures + 1] = ("server RSS grew from %d KiB (middle) to %d KiB (end), more than %d KiB"):format(
+        rss.middle, rss["end"], margin)
+    end
+  end)
+  if not ok then failures[#failures + 1] = tostring(err) end
+  os.execute(("kill -TERM %d 2>/dev/null; sleep 0.2; kill -KILL %d 2>/dev/null"):format(spid, spid))
+  os.execute("rm -rf " .. q(tmp))
+
+  local bad = totals.lost + totals.dup + totals.reorder + totals.bad
+  say("soak%s: %s cycles=%d messages=%d clients=%d connections=%s lost=%d dup=%d reorder=%d bad=%d "
+      .. "rss_kb start=%s middle=%s end=%s time=%.1fs",
+      short and " --short" or "", (#failures == 0 and bad == 0) and "OK" or "FAIL",
+      totals.cycles, totals.msgs, CONNS, tostring(totals.conns), totals.lost, totals.dup, totals.reorder,
+      totals.bad, tostring(rss.start), tostring(rss.middle), tostring(rss["end"]), npipe.now() - started)
+  if rss.note then say("soak:%s", rss.note) end
+  for _, f in ipairs(failures) do io.stderr:write("soak: ", f, "\n") end
+  os.exit((#failures == 0 and bad == 0) and 0 or 1)
+end
+
+local mode = arg[1]
+if mode == "--server" then
+  run_server(arg[2])
+elseif mode == "--cycles" then
+  run_cycles(arg[2], tonumber(arg[3]), tonumber(arg[4]), tonumber(arg[5]))
+elseif mode == "--stream" then
+  run_stream(arg[2], tonumber(arg[3]), tonumber(arg[4]), tonumber(arg[5]), tonumber(arg[6]))
+elseif mode == nil or mode == "--short" then
+  driver(mode == "--short")
+else
+  io.stderr:write("usage: lua5.4 bench/soak.lua [--short]\n")
+  os.exit(2)
+end
