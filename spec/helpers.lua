@@ -87,8 +87,12 @@ function helpers.capture(cmd)
   return (s:gsub("%s+$", ""))
 end
 
+-- os.execute gives true on Lua 5.2+ and 0 on Lua 5.1/LuaJIT for success.
+local function succeeded(r) return r == true or r == 0 end
+helpers.succeeded = succeeded
+
 function helpers.exists(path)
-  return os.execute("test -e " .. shell_quote(path)) == true
+  return succeeded(os.execute("test -e " .. shell_quote(path)))
 end
 
 -- A 4-byte big-endian length prefix: the wire form of message framing.

@@ -1,8 +1,7 @@
 local npipe = require("npipe")
 local helpers = require("helpers")
 
-local has_luv = os.execute(helpers.lua .. " -e 'require(\"luv\")' 2>/dev/null")
-has_luv = has_luv == true or has_luv == 0
+local has_luv = helpers.succeeded(os.execute(helpers.lua .. " -e 'require(\"luv\")' 2>/dev/null"))
 
 describe("a host event loop driving npipe", function()
   it("serves clients from luv's loop while a luv timer runs", function()

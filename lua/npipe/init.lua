@@ -173,11 +173,8 @@ end
 
 --- Queues data to the peer (framed as one line or message in those framings).
 function Conn:write(data)
-  if type(data) ~= "string" and type(data) ~= "number" then
-    error(("bad argument #1 to 'write' (string expected, got %s)"):format(type(data)), 2)
-  end
   if self._closed then return closed_error(self) end
-  local queued, err, code = self._c:write(data)
+  local queued, err, code = self._c:write(data) -- raises for a non-string, as Lua's own write does
   if not queued then return nil, err, code end
   if queued >= self._high_water and not self._closed then
     -- backpressure: wait until the peer has read enough, instead of queueing without bound
@@ -438,7 +435,8 @@ function npipe.listen(name, opts, handlers)
   c, err, code = core.listen(path, o.framing, o.max_message, o.high_water, o.mode, o.backlog,
                              o.max_instances or 0)
   if not c then return nil, err, code end
-  local server = setmetatable({ _c = c, _path = path, _conns = {}, _handlers = handlers_of(handlers),
+  local h = handlers_of(handlers)
+  local server = setmetatable({ _c = c, _path = path, _conns = {}, _handlers = h, _on_data = h.data,
                                 _allow = o.allow, _idle = o.idle_timeout, _high_water = o.high_water,
                                 _rejected = 0, name = name }, Server)
   core.bind(c, server)
@@ -634,8 +632,8 @@ end
 
 function events.frame(conn, msg)
   local server = conn._server
+  local on_data = server and server._on_data
   if server and server._idle then conn._last = core.now() end
-  local on_data = server and server._handlers.data
   if on_data then
     submit(conn, on_data, conn, msg)
   else

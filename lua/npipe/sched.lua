@@ -13,11 +13,16 @@ local sched = {}
 
 local DONE, WAIT = {}, {} -- what a worker yields: its job ended, or it waits
 local is_worker = setmetatable({}, { __mode = "k" })
-local owner_of = setmetatable({}, { __mode = "k" }) -- worker -> conn or server it serves
-local pool = {}
-local ready = {}   -- waiters whose coroutine can go on
-local pending = {} -- objects with queued jobs that could not start where they were queued
+local owner_of = setmetatable({}, { __mode = "k" }) -- waiting worker -> the owner of its job
+local pool, npool = {}, 0
+-- Waiters whose coroutine can go on, and owners with queued jobs that could not start
+-- where they were queued. Two buffers each, swapped by pump, so pumping allocates nothing.
+local ready, nready, ready_spare = {}, 0, {}
+local pending, npending, pending_spare = {}, 0, {}
 local in_loop = 0
+-- The worker being resumed now: nil at top level. Cheaper than coroutine.running()
+-- on every event; wait() still asks coroutine.running() to know whom to suspend.
+local current = nil
 
 local function pack(...)
   return { n = select("#", ...), ... }
@@ -34,55 +39,66 @@ local function worker(fn, a, b, c)
   end
 end
 
+-- Inside a job (or something it called): events must not start other jobs here.
 function sched.in_worker()
-  local co = coroutine_running()
-  return co ~= nil and is_worker[co] == true
+  return current ~= nil
 end
-local in_worker = sched.in_worker
 
 local function report(what, err)
   io.stderr:write("npipe: ", what, ": ", tostring(err), "\n")
 end
 sched.report = report
 
--- Objects that own jobs (connections) provide :_job_done(ok, err) and a queue.
-local function job_ended(co, ok, err)
-  local owner = owner_of[co]
-  owner_of[co] = nil
-  if owner then
-    owner._busy = nil
-    owner:_job_done(ok, err)
-    -- jobs that arrived while this one waited: pump starts them
-    if owner._qn > 0 then pending[#pending + 1] = owner end
+local function add_pending(owner)
+  npending = npending + 1
+  pending[npending] = owner
+end
+
+-- After a resume: the job ended, failed, or waits. Owners (connections) provide
+-- _busy, _qn (queued jobs), _dequeue() and _job_done(false, err) for failures.
+local function finish(co, owner, ok, tag)
+  if ok and tag == DONE then
+    npool = npool + 1
+    pool[npool] = co
+    if owner then
+      owner._busy = nil
+      if owner._qn > 0 then add_pending(owner) end
+    end
   elseif not ok then
-    sched.report("error in a spawned function", err)
-  end
-end
-
-local function after_resume(co, ok, tag)
-  if not ok then -- the job raised: this worker is done for
     is_worker[co] = nil
-    job_ended(co, false, traceback(co, tag))
-  elseif tag == DONE then
-    pool[#pool + 1] = co
-    job_ended(co, true)
+    local err = traceback(co, tag)
+    if owner then
+      owner._busy = nil
+      owner:_job_done(false, err)
+      if owner._qn > 0 then add_pending(owner) end
+    else
+      sched.report("error in a spawned function", err)
+    end
+  else
+    owner_of[co] = owner or false
   end
 end
 
-local function resume(co, ...)
-  after_resume(co, coroutine_resume(co, ...))
+local function step(co, owner, ...)
+  local prev = current
+  current = co
+  local ok, tag = coroutine_resume(co, ...)
+  current = prev
+  finish(co, owner, ok, tag)
 end
 
--- Starts fn(a, b, c) in a pooled worker on behalf of owner (may be nil). Only at top level.
+-- Starts fn(a, b, c) in a pooled worker on behalf of owner (may be nil). Top level only.
 local function start(owner, fn, a, b, c)
-  local co = pool[#pool]
-  if co then pool[#pool] = nil else
+  local co = pool[npool]
+  if co then
+    pool[npool] = nil
+    npool = npool - 1
+  else
     co = coroutine_create(worker)
     is_worker[co] = true
   end
-  owner_of[co] = owner
   if owner then owner._busy = co end
-  resume(co, fn, a, b, c)
+  step(co, owner, fn, a, b, c)
 end
 sched.start = start
 
@@ -97,31 +113,39 @@ end
 
 -- Queues a job for owner; starts it now when that is safe.
 function sched.submit(owner, fn, a, b, c)
-  if owner._busy or owner._qn > 0 or in_worker() then
+  if owner._busy or owner._qn > 0 or current then
     owner:_enqueue({ fn, a, b, c })
-    if not owner._busy then pending[#pending + 1] = owner end
+    if not owner._busy then add_pending(owner) end
   else
     start(owner, fn, a, b, c)
   end
 end
 
-function sched.schedule(owner)
-  pending[#pending + 1] = owner
-end
+sched.schedule = add_pending
 
 -- Lets everything that became runnable go on. Never from inside a worker.
 local pumping = false
 local function pump()
   if pumping then return end
   pumping = true
-  while #ready > 0 or #pending > 0 do
-    local r, p = ready, pending
-    ready, pending = {}, {}
-    for i = 1, #r do
+  while nready > 0 or npending > 0 do
+    local r, nr = ready, nready
+    ready, nready, ready_spare = ready_spare, 0, r
+    local p, np = pending, npending
+    pending, npending, pending_spare = pending_spare, 0, p
+    for i = 1, nr do
       local w = r[i]
-      resume(w.co, unpack(w.result, 1, w.result.n))
+      r[i] = nil
+      local co = w.co
+      local owner = owner_of[co]
+      owner_of[co] = nil
+      step(co, owner or nil, unpack(w.result, 1, w.result.n))
     end
-    for i = 1, #p do run_queue(p[i]) end
+    for i = 1, np do
+      local o = p[i]
+      p[i] = nil
+      run_queue(o)
+    end
   end
   pumping = false
 end
@@ -129,7 +153,7 @@ sched.pump = pump
 
 -- Called at the end of every engine event.
 function sched.settle()
-  if not in_worker() then pump() end
+  if current == nil and (nready > 0 or npending > 0) then pump() end
 end
 
 ---- waiting ----
@@ -142,7 +166,10 @@ function sched.wake(w, ...)
   if w.done then return end
   w.done = true
   w.result = pack(...)
-  if w.co then ready[#ready + 1] = w end
+  if w.co then
+    nready = nready + 1
+    ready[nready] = w
+  end
 end
 local wake = sched.wake
 
@@ -156,7 +183,7 @@ local function drive(w)
       pump()
       if w.done then break end
       local alive = core.run("once")
-      if not alive and not w.done and #ready == 0 and #pending == 0 then
+      if not alive and not w.done and nready == 0 and npending == 0 then
         error("npipe: deadlock: waiting for an event with nothing left that could deliver it", 0)
       end
     end
@@ -239,7 +266,7 @@ function sched.spawn(fn, ...)
     return sched.spawn(function() fn(unpack(args, 1, args.n)) end)
   end
   local a, b, c = ...
-  if in_worker() then
+  if current then
     local t = { _qn = 0 }
     function t._dequeue(self) -- a one-job owner
       if self._qn == 0 then return nil end
@@ -251,14 +278,14 @@ function sched.spawn(fn, ...)
       if not ok then sched.report("error in a spawned function", err) end
     end
     t._qn = 1
-    pending[#pending + 1] = t
+    add_pending(t)
   else
     start(nil, fn, a, b, c)
   end
 end
 
 function sched.run(mode)
-  if in_worker() then error("npipe.run: cannot run the loop from inside a handler", 2) end
+  if current then error("npipe.run: cannot run the loop from inside a handler", 2) end
   if in_loop > 0 then error("npipe.run: the loop is already running", 2) end
   in_loop = in_loop + 1
   pump()
