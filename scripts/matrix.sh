@@ -18,5 +18,5 @@ for v in $VERSIONS; do
   echo "== $v"
   NPIPE_BUILD="build-$v" NPIPE_CMAKE_ARGS="-DNPIPE_LUA_PKG=$v" bash scripts/build.sh
   NPIPE_LUA=$v LUA_PATH="$PWD/lua/?.lua;$PWD/lua/?/init.lua;;" LUA_CPATH="$PWD/build-$v/?.so;;" \
-    "$v" /usr/bin/busted --cpath="./build-$v/?.so" --output=utfTerminal "$@"
+    timeout 900 "$v" /usr/bin/busted --cpath="./build-$v/?.so" --output=utfTerminal "$@"
 done

@@ -29,7 +29,7 @@ luacheck --no-color -q lua spec examples bin $(ls bench/*.lua bench/*/*.lua 2>/d
 passed=$((passed + 1))
 
 echo "== busted specs (lua5.4)"
-lua5.4 /usr/bin/busted --output=utfTerminal "$@" | tee "$LOG/busted"
+timeout 900 lua5.4 /usr/bin/busted --output=utfTerminal "$@" | tee "$LOG/busted"
 count_busted "$LOG/busted"
 
 echo "== LuaRocks install, used from another directory"
