@@ -39,6 +39,10 @@ typedef struct ctx {
 typedef struct box {
   ctx *x;
   void *p;  /* np_conn*, np_server* or uv_timer_t*; NULL once the C object is gone */
+  /* connections: the peer's identity, kept when the C object goes */
+  np_cred cred;
+  long session;
+  int peer_kept;
 } box;
 
 /* Events arrive on whichever Lua thread called into C; remember it for the call. */
@@ -63,6 +67,7 @@ static int push_error(lua_State *L, int code, const char *msg) {
 
 static box *new_box(lua_State *L, ctx *x, void *p, const char *mt) {
   box *b = lua_newuserdata(L, sizeof *b);
+  memset(b, 0, sizeof *b);
   b->x = x;
   b->p = p;
   luaL_setmetatable(L, mt);
@@ -135,7 +140,10 @@ static int ev_frame(np_conn *c, const char *data, size_t len) {
 
 static void ev_closed(np_conn *c, const char *code, const char *reason) {
   box *b = np_conn_data(c);
-  if (!b || !ready(b->x, b)) return;
+  if (!b) return;
+  b->peer_kept = np_conn_peer(c, &b->cred) == 0;
+  b->session = np_conn_peer_session(c);
+  if (!ready(b->x, b)) return;
   lua_pushstring(b->x->L, reason);
   lua_pushstring(b->x->L, code);
   dispatch(b->x, EV_CLOSED, b, 2);
@@ -449,14 +457,21 @@ static int conn_is_open(lua_State *L) {
 /* The peer's identity as taken at connect time: pid, uid, gid (-1 where the OS does
  * not tell) and session id (nil and a message when it could not be read). */
 static int conn_peer(lua_State *L) {
-  np_conn *c = open_conn(L);
+  box *b = luaL_checkudata(L, 1, CONN_MT);
   np_cred cr;
-  int rc = np_conn_peer(c, &cr);
-  if (rc < 0) return push_error(L, rc, "peer credentials are not available");
+  long sid;
+  if (b->p) {
+    if (np_conn_peer(b->p, &cr) < 0) return push_error(L, UV_ENOTSUP, "peer credentials are not available");
+    sid = np_conn_peer_session(b->p);
+  } else if (b->peer_kept) {
+    cr = b->cred;
+    sid = b->session;
+  } else {
+    return push_error(L, UV_ENOTSUP, "peer credentials are not available");
+  }
   lua_pushinteger(L, cr.pid);
   lua_pushinteger(L, cr.uid);
   lua_pushinteger(L, cr.gid);
-  long sid = np_conn_peer_session(c);
   if (sid >= 0) {
     lua_pushinteger(L, sid);
     return 4;

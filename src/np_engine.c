@@ -264,11 +264,27 @@ static int queue_rest(np_conn *c, uv_buf_t *bufs, int nbufs, size_t skip, size_t
   return 0;
 }
 
-static int frame_bufs(np_conn *c, const char *data, size_t len, char *hdr, uv_buf_t *bufs) {
+/* A small frame is copied into one buffer (scratch) so that it goes out in one write
+ * rather than a writev of header and payload, which costs the kernel more. */
+#define SMALL_FRAME 1024
+
+static int frame_bufs(np_conn *c, const char *data, size_t len, char *scratch, uv_buf_t *bufs) {
   int n = 0;
+  size_t extra = c->opts.framing == NP_FRAMING_BYTES ? 0 : (c->opts.framing == NP_FRAMING_LINES ? 1 : 4);
+  if (extra && len + extra <= SMALL_FRAME) {
+    size_t at = 0;
+    if (c->opts.framing == NP_FRAMING_MESSAGE) {
+      np_message_header(scratch, (uint32_t)len);
+      at = NP_MESSAGE_HEADER;
+    }
+    memcpy(scratch + at, data, len);
+    if (c->opts.framing == NP_FRAMING_LINES) scratch[len] = '\n';
+    bufs[0] = uv_buf_init(scratch, (unsigned)(len + extra));
+    return 1;
+  }
   if (c->opts.framing == NP_FRAMING_MESSAGE) {
-    np_message_header(hdr, (uint32_t)len);
-    bufs[n++] = uv_buf_init(hdr, NP_MESSAGE_HEADER);
+    np_message_header(scratch, (uint32_t)len);
+    bufs[n++] = uv_buf_init(scratch, NP_MESSAGE_HEADER);
   }
   bufs[n++] = uv_buf_init((char *)data, (unsigned)len);
   if (c->opts.framing == NP_FRAMING_LINES) bufs[n++] = uv_buf_init("\n", 1);
@@ -279,9 +295,9 @@ int np_conn_write(np_conn *c, const char *data, size_t len) {
   if (c->state != C_OPEN) return UV_ENOTCONN;
   if (len > UINT32_MAX) return UV_E2BIG;
   if (len == 0 && c->opts.framing == NP_FRAMING_BYTES) return 0;
-  char hdr[NP_MESSAGE_HEADER];
+  char scratch[SMALL_FRAME];
   uv_buf_t bufs[2];
-  int nbufs = frame_bufs(c, data, len, hdr, bufs);
+  int nbufs = frame_bufs(c, data, len, scratch, bufs);
   size_t total = 0, done = 0;
   for (int i = 0; i < nbufs; i++) total += bufs[i].len;
   if (c->server) {

@@ -63,9 +63,9 @@ local Conn = {}
 Conn.__index = Conn
 npipe.Conn = Conn
 
-local function new_conn(c, server, high_water)
+local function new_conn(c, server, high_water, framing)
   local conn = setmetatable({ _c = c, _id = c:id(), _server = server, _qn = 0, state = {},
-                              _high_water = high_water, _framing = (c:framing()) }, Conn)
+                              _high_water = high_water, _framing = framing }, Conn)
   core.bind(c, conn)
   return conn
 end
@@ -438,6 +438,7 @@ function npipe.listen(name, opts, handlers)
   local h = handlers_of(handlers)
   local server = setmetatable({ _c = c, _path = path, _conns = {}, _handlers = h, _on_data = h.data,
                                 _allow = o.allow, _idle = o.idle_timeout, _high_water = o.high_water,
+                                _framing = o.framing,
                                 _rejected = 0, name = name }, Server)
   core.bind(c, server)
   live_servers[server] = true
@@ -452,7 +453,7 @@ end
 local function try_connect(path, o)
   local c, err, code = core.connect(path, o.framing, o.max_message, o.high_water)
   if not c then return nil, err, code end
-  local conn = new_conn(c, nil, o.high_water)
+  local conn = new_conn(c, nil, o.high_water, o.framing)
   conn._client = true
   conn._connw = waiter()
   return conn
@@ -541,7 +542,7 @@ function npipe.open_fd(fd, opts)
   local o = options("open_fd", opts, CLIENT_OPTS)
   local c, err, code = core.open_fd(fd, o.framing, o.max_message, o.high_water)
   if not c then return nil, err, code end
-  local conn = new_conn(c, nil, o.high_water)
+  local conn = new_conn(c, nil, o.high_water, o.framing)
   conn._client = true
   return conn
 end
@@ -620,8 +621,7 @@ local function admit(server, conn)
 end
 
 function events.accept(server, c)
-  local conn = new_conn(c, server, server._high_water)
-  capture(conn)
+  local conn = new_conn(c, server, server._high_water, server._framing)
   if not admit(server, conn) then return settle() end
   server._conns[conn] = true
   if server._idle then conn._last = core.now() end
