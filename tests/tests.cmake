@@ -6,3 +6,9 @@ add_executable(test_framing
 target_include_directories(test_framing PRIVATE ${CMAKE_SOURCE_DIR}/src)
 add_test(NAME framing COMMAND test_framing)
 set_tests_properties(framing PROPERTIES TIMEOUT 120)
+
+# Engine tests: a server and a client on one loop, no Lua.
+add_executable(test_engine ${CMAKE_SOURCE_DIR}/tests/test_engine.c)
+target_link_libraries(test_engine PRIVATE npipe_engine)
+add_test(NAME engine COMMAND test_engine)
+set_tests_properties(engine PROPERTIES TIMEOUT 60)

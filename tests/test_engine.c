@@ -1,0 +1,162 @@
+/* C tests of the engine without Lua: a server and a client on one loop exchange
+ * messages, flush, disconnect and shut down. Run under valgrind by scripts/sanitize.sh. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "np_engine.h"
+
+static int failures;
+#define CHECK(x)                                                              \
+  do {                                                                        \
+    if (!(x)) {                                                               \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #x); \
+      failures++;                                                             \
+    }                                                                         \
+  } while (0)
+
+typedef struct {
+  np_conn *server_side, *client;
+  int accepted, connected, closed_server, closed_client, flushed, released;
+  char last_server_msg[64], last_client_msg[64];
+  int server_msgs, client_msgs;
+  char close_code[32];
+} world;
+
+static world W;
+
+static void on_accept(np_server *s, np_conn *c) {
+  (void)s;
+  W.accepted++;
+  W.server_side = c;
+  np_conn_set_data(c, &W);
+}
+
+static int on_frame(np_conn *c, const char *data, size_t len) {
+  char *dst = c == W.client ? W.last_client_msg : W.last_server_msg;
+  snprintf(dst, 64, "%.*s", (int)len, data);
+  if (c == W.client) {
+    W.client_msgs++;
+  } else {
+    W.server_msgs++;
+    np_conn_write(c, data, len); /* echo */
+  }
+  return 0;
+}
+
+static void on_closed(np_conn *c, const char *code, const char *reason) {
+  (void)reason;
+  if (c == W.client) W.closed_client++;
+  else {
+    W.closed_server++;
+    snprintf(W.close_code, sizeof W.close_code, "%s", code);
+  }
+}
+
+static void on_connected(np_conn *c, int status) {
+  (void)c;
+  W.connected = status == 0 ? 1 : -1;
+}
+
+static void on_flushed(np_conn *c) {
+  (void)c;
+  W.flushed++;
+}
+
+static void on_released(void *data) {
+  (void)data;
+  W.released++;
+}
+
+static const np_events EVENTS = {on_accept, on_frame, on_closed, on_connected, on_flushed, NULL, on_released};
+
+static void run_until(uv_loop_t *loop, int *flag, int want) {
+  for (int i = 0; i < 2000 && *flag < want; i++) uv_run(loop, UV_RUN_ONCE);
+}
+
+static void test_echo_flush_disconnect(void) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  memset(&W, 0, sizeof W);
+  np_engine *e = np_engine_new(&loop, &EVENTS);
+  char path[64], err[256];
+  snprintf(path, sizeof path, "/tmp/npipe-engine-test-%d.sock", (int)getpid());
+  np_server_opts so = {{NP_FRAMING_MESSAGE, 1024, 1 << 20}, 0600, 16, 0};
+  np_server *s = NULL;
+  CHECK(np_server_listen(e, path, &so, &s, err, sizeof err) == 0);
+  CHECK(np_conn_connect(e, path, &so.conn, &W.client) == 0);
+  np_conn_set_data(W.client, &W);
+  run_until(&loop, &W.connected, 1);
+  run_until(&loop, &W.accepted, 1);
+  CHECK(W.connected == 1 && W.accepted == 1);
+
+  np_cred cred;
+  CHECK(np_conn_peer(W.server_side, &cred) == 0 && cred.pid == (long)getpid());
+  CHECK(np_conn_peer_session(W.server_side) == np_platform_session_id());
+
+  for (int i = 0; i < 10; i++) {
+    char msg[32];
+    snprintf(msg, sizeof msg, "hello %d", i);
+    CHECK(np_conn_write(W.client, msg, strlen(msg)) == 0);
+    run_until(&loop, &W.client_msgs, i + 1);
+    CHECK(strcmp(W.last_client_msg, msg) == 0);
+  }
+  CHECK(W.server_msgs == 10);
+
+  int rc = np_conn_flush(W.server_side);
+  if (rc == 0) run_until(&loop, &W.flushed, 1);
+  CHECK(rc == 1 || W.flushed == 1);
+
+  np_conn_disconnect(W.server_side, NULL, NULL);
+  CHECK(W.closed_server == 1 && strcmp(W.close_code, "DISCONNECTED") == 0);
+  CHECK(np_conn_write(W.server_side, "x", 1) == UV_ENOTCONN); /* freed only after the loop turns */
+  run_until(&loop, &W.closed_client, 1);
+  CHECK(W.closed_client == 1);
+
+  /* a second server on a live name is refused, and the first keeps its socket */
+  np_server *again = NULL;
+  CHECK(np_server_listen(e, path, &so, &again, err, sizeof err) == UV_EADDRINUSE);
+  CHECK(strstr(err, "already in use") != NULL);
+  CHECK(access(path, F_OK) == 0);
+
+  np_server_close(s);
+  CHECK(access(path, F_OK) != 0); /* the socket file is gone */
+  np_engine_shutdown(e);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  np_engine_free(e);
+  CHECK(uv_loop_close(&loop) == 0);
+  CHECK(W.released == 2); /* client and its server side (the refused listen's probe is never accepted) */
+  printf("ok echo_flush_disconnect\n");
+}
+
+static void test_oversized_message(void) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  memset(&W, 0, sizeof W);
+  np_engine *e = np_engine_new(&loop, &EVENTS);
+  char path[64], err[256];
+  snprintf(path, sizeof path, "/tmp/npipe-engine-big-%d.sock", (int)getpid());
+  np_server_opts so = {{NP_FRAMING_MESSAGE, 16, 1 << 20}, 0600, 16, 0};
+  np_server *s = NULL;
+  CHECK(np_server_listen(e, path, &so, &s, err, sizeof err) == 0);
+  np_conn_opts co = {NP_FRAMING_MESSAGE, 1024, 1 << 20};
+  CHECK(np_conn_connect(e, path, &co, &W.client) == 0);
+  run_until(&loop, &W.accepted, 1);
+  CHECK(np_conn_write(W.client, "this message is too long", 24) == 0);
+  run_until(&loop, &W.closed_server, 1);
+  CHECK(strcmp(W.close_code, "EMSGSIZE") == 0);
+  CHECK(W.server_msgs == 0);
+  np_server_close(s);
+  np_engine_shutdown(e);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  np_engine_free(e);
+  CHECK(uv_loop_close(&loop) == 0);
+  printf("ok oversized_message\n");
+}
+
+int main(void) {
+  test_echo_flush_disconnect();
+  test_oversized_message();
+  return failures ? 1 : 0;
+}
