@@ -721,6 +721,36 @@ npipe.now = core.now
 npipe.backend_fd = core.backend_fd
 npipe.backend_timeout = core.backend_timeout
 
+--- Lets a luv loop (luv, Neovim's vim.loop, Luvit) drive npipe: npipe's loop is a
+-- file descriptor that the host polls, plus a host timer for npipe's own timers. After
+-- this, handlers run from the host loop's callbacks; npipe.run() is not needed.
+-- Returns a function that detaches.
+function npipe.attach(uv)
+  check_type("attach", 1, uv, "table")
+  local poll = uv.new_poll(core.backend_fd())
+  local timer = uv.new_timer()
+  local step
+  -- Wakes npipe when its next timer is due. Only while npipe's loop has something
+  -- alive: an empty loop reports a timeout of 0, and a 0 ms host timer that re-arms
+  -- itself would run again at once, for ever. At least 1 ms for the same reason.
+  local function arm(alive)
+    timer:stop()
+    local ms = core.backend_timeout()
+    if alive and ms >= 0 then timer:start(math.max(ms, 1), 0, step) end
+  end
+  step = function() arm(sched.run("nowait")) end
+  poll:start("r", step)
+  sched.on_arm = function() arm(true) end
+  step()
+  return function()
+    if sched.on_arm == arm then sched.on_arm = nil end
+    poll:stop()
+    timer:stop()
+    poll:close()
+    timer:close()
+  end
+end
+
 --- What a pipe name resolves to (a socket path on Unix).
 function npipe.path(name)
   check_type("path", 1, name, "string")

@@ -211,6 +211,9 @@ local wait = sched.wait
 ---- timers ----
 
 local timer_fn = {}
+-- Called after npipe starts a timer, so that a host loop driving npipe (npipe.attach)
+-- can wake it in time; nil when npipe runs its own loop.
+sched.on_arm = nil
 
 function sched.on_timer(t)
   local fn = timer_fn[t]
@@ -229,6 +232,7 @@ function sched.after(seconds, fn)
   end
   timer_fn[t] = function() cancel(); fn() end
   t:start(seconds * 1000)
+  if sched.on_arm then sched.on_arm() end
   return cancel
 end
 
@@ -246,6 +250,7 @@ function sched.every(seconds, fn)
   local t = core.timer()
   timer_fn[t] = fn
   t:start(seconds * 1000, seconds * 1000)
+  if sched.on_arm then sched.on_arm() end
   return function()
     if timer_fn[t] then
       timer_fn[t] = nil
