@@ -15,10 +15,5 @@ print(("npipe demo serving on %s"):format(server:path()))
 print(("talk to it: socat - UNIX-CONNECT:%s   (type help)"):format(server:path()))
 io.stdout:flush()
 
-local function stop()
-  server:close({ drain = 1 })
-  npipe.stop()
-end
-npipe.on_signal("SIGINT", stop)
-npipe.on_signal("SIGTERM", stop)
-npipe.run()
+-- until SIGINT/SIGTERM, then close (letting connections finish) and remove the socket
+server:run({ drain = 1 })

@@ -18,11 +18,6 @@ end
 print(("echo: serving %s (%s framing) on %s"):format(name, framing, server:path()))
 io.stdout:flush()
 
-local function stop(sig)
-  io.stderr:write("echo: ", sig, ": stopping\n")
-  server:close()
-  npipe.stop()
-end
-npipe.on_signal("SIGINT", stop)
-npipe.on_signal("SIGTERM", stop)
-npipe.run()
+-- until SIGINT/SIGTERM, then close (letting connections finish) and remove the socket
+local sig = server:run({ drain = 0 })
+io.stderr:write("echo: ", tostring(sig), ": stopped\n")

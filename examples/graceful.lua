@@ -24,10 +24,5 @@ end
 print(("graceful: serving %s (%s framing) on %s"):format(name, framing, server:path()))
 io.stdout:flush()
 
-local function stop()
-  server:close()
-  npipe.stop()
-end
-npipe.on_signal("SIGINT", stop)
-npipe.on_signal("SIGTERM", stop)
-npipe.run()
+-- until SIGINT/SIGTERM, then close (letting connections finish) and remove the socket
+server:run()

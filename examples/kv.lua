@@ -61,10 +61,5 @@ end
 print(("kv: serving %s on %s"):format(name, server:path()))
 io.stdout:flush()
 
-local function stop()
-  server:close()
-  npipe.stop()
-end
-npipe.on_signal("SIGINT", stop)
-npipe.on_signal("SIGTERM", stop)
-npipe.run()
+-- until SIGINT/SIGTERM, then close (letting connections finish) and remove the socket
+server:run()

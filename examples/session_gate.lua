@@ -28,10 +28,5 @@ end
 print(("session_gate: serving %s on %s (session %d)"):format(name, server:path(), npipe.session_id()))
 io.stdout:flush()
 
-local function stop()
-  server:close()
-  npipe.stop()
-end
-npipe.on_signal("SIGINT", stop)
-npipe.on_signal("SIGTERM", stop)
-npipe.run()
+-- until SIGINT/SIGTERM, then close (letting connections finish) and remove the socket
+server:run()

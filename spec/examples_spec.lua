@@ -80,7 +80,7 @@ describe("examples", function()
         helpers.kill(pid, sig:sub(4)) -- kill -TERM: sh's kill does not take -SIGTERM
         assert.is_truthy(wait_gone(pid, 5), "echo.lua did not exit on " .. sig)
         assert.is_false(helpers.exists(path), "echo.lua left its socket file behind")
-        assert.matches(sig .. ": stopping", helpers.read_file(out), 1, true)
+        assert.matches(sig .. ": stopped", helpers.read_file(out), 1, true)
       end)
     end
   end)

@@ -376,6 +376,25 @@ function Server:close(opts)
   return true
 end
 
+--- Serves until SIGINT or SIGTERM (or npipe.stop()), then closes the server, letting
+-- connections finish for up to opts.drain seconds (default 2). For scripts whose whole
+-- job is this server. Returns the name of the signal, or nil when stopped otherwise.
+function Server:run(opts)
+  check_type("run", 1, opts, "table", true)
+  local drain = opts and opts.drain or 2
+  local got
+  local function stop(sig)
+    got = sig
+    self:close({ drain = drain })
+    npipe.stop()
+  end
+  local stops = { npipe.on_signal("SIGINT", stop), npipe.on_signal("SIGTERM", stop) }
+  npipe.run()
+  for _, unwatch in ipairs(stops) do unwatch() end
+  if self:is_open() then self:close() end
+  return got
+end
+
 -- The handler that data goes to: data(conn, msg), or request(conn, msg) -> reply.
 local function data_handler(h)
   if h.data then return h.data end
