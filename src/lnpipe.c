@@ -31,7 +31,7 @@ typedef struct ctx {
   np_engine *engine;
   lua_State *L;     /* the running thread that may receive events now */
   int refs[EV_COUNT];
-  int objects;      /* weak table: box address -> userdata */
+  int objects;      /* weak table: box address -> userdata, for timers and signals */
   int bound;        /* weak table: box address -> the Lua table that stands for it */
   int closed;
 } ctx;
@@ -71,10 +71,12 @@ static box *new_box(lua_State *L, ctx *x, void *p, const char *mt) {
   b->x = x;
   b->p = p;
   luaL_setmetatable(L, mt);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, x->objects);
-  lua_pushvalue(L, -2);
-  lua_rawsetp(L, -2, b);
-  lua_pop(L, 1);
+  if (strcmp(mt, TIMER_MT) == 0 || strcmp(mt, SIGNAL_MT) == 0) { /* the others: through core.bind */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, x->objects);
+    lua_pushvalue(L, -2);
+    lua_rawsetp(L, -2, b);
+    lua_pop(L, 1);
+  }
   return b;
 }
 

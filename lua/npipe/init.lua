@@ -516,6 +516,7 @@ function npipe.connect(name, opts)
     local left = deadline and math.max(1, deadline - core.now())
     local ok
     ok, err, code = wait_for(conn._connw, left)
+    conn._connw = nil
     if ok then
       capture(conn)
       return check_identity(conn, path, o.expect)
@@ -684,7 +685,9 @@ function events.closed(conn, reason, code)
 end
 
 function events.connected(conn, err, code)
-  if err then wake(conn._connw, nil, err, code) else wake(conn._connw, true) end
+  local w = conn._connw
+  if not w then return settle() end -- given up already
+  if err then wake(w, nil, err, code) else wake(w, true) end
   settle()
 end
 
