@@ -29,7 +29,23 @@ local LUA = arg[-1] or "lua5.4"
 -- so RSS grows with the work done and says nothing about leaks.
 local ASAN = (os.getenv("LD_PRELOAD") or ""):find("asan", 1, true) ~= nil
 local SELF = arg[0]
-local pack, unpack = string.pack, string.unpack
+
+---- portability: runs on Lua 5.1, 5.2, 5.3, 5.4 and LuaJIT (no string.pack, no //) ----
+
+-- math.floor(a / b) is a // b for the non-negative whole numbers used here.
+local function idiv(a, b) return math.floor(a / b) end
+
+-- string.pack(">I4", n) and string.unpack(">I4", s, pos), raising as they do.
+local function u32(n)
+  if n < 0 or n >= 4294967296 or n % 1 ~= 0 then error("not a 32-bit unsigned integer: " .. tostring(n), 2) end
+  return string.char(idiv(n, 16777216) % 256, idiv(n, 65536) % 256, idiv(n, 256) % 256, n % 256)
+end
+
+local function read_u32(s, pos)
+  local a, b, c, d = s:byte(pos, pos + 3)
+  if not d then error("data string too short", 2) end
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
 
 ---- the wire content, shared by every mode ----
 
@@ -49,8 +65,10 @@ do
   for k = 0, 63 do
     local t = {}
     for i = 1, 8 + k * 4 do
-      seed = (seed * 1103515245 + 12345) % 2147483648
-      t[i] = string.char(seed // 65536 % 256)
+      -- seed * 1103515245 + 12345 mod 2^31, with 1103515245 = 16838 * 65536 + 20077
+      -- taken apart so that no intermediate reaches 2^53 (where Lua 5.1's doubles round)
+      seed = ((seed * 16838 % 32768) * 65536 + seed * 20077 + 12345) % 2147483648
+      t[i] = string.char(idiv(seed, 65536) % 256)
     end
     PAYLOAD[k] = table.concat(t)
     SUM[k] = adler32(PAYLOAD[k])
@@ -60,19 +78,19 @@ end
 -- "M" stream message: connection gid, sequence number, payload index and checksum, payload.
 local function stream_msg(gid, seq)
   local k = (seq * 7 + gid) % 64
-  return pack(">c1I4I4I4I4", "M", gid, seq, k, SUM[k]) .. PAYLOAD[k], SUM[k] + seq
+  return "M" .. u32(gid) .. u32(seq) .. u32(k) .. u32(SUM[k]) .. PAYLOAD[k], SUM[k] + seq
 end
 
 -- "C" cycle message: worker, cycle number, payload index and checksum, payload.
 local function cycle_msg(worker, i)
   local k = (i * 13 + worker) % 64
-  return pack(">c1I4I4I4I4", "C", worker, i, k, SUM[k]) .. PAYLOAD[k], SUM[k] + i
+  return "C" .. u32(worker) .. u32(i) .. u32(k) .. u32(SUM[k]) .. PAYLOAD[k], SUM[k] + i
 end
 
 local function rss_kb(pid)
   local f = io.open(("/proc/%d/status"):format(pid))
   if not f then return nil end
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return tonumber(s:match("VmRSS:%s*(%d+)"))
 end
@@ -96,7 +114,7 @@ local function run_server(name)
     data = function(conn, msg)
       local tag = msg:sub(1, 1)
       if tag == "M" or tag == "C" then
-        local id, seq, k, sum = unpack(">I4I4I4I4", msg, 2)
+        local id, seq, k, sum = read_u32(msg, 2), read_u32(msg, 6), read_u32(msg, 10), read_u32(msg, 14)
         local want, value
         if tag == "M" then want, value = stream_msg(id, seq) else want, value = cycle_msg(id, seq) end
         if msg ~= want or sum ~= SUM[k] then
@@ -198,7 +216,7 @@ local function run_stream(name, proc, nconns, nmsgs, seconds)
         if reply == want then
           st.recv, st.sum = st.recv + 1, st.sum + value
         else
-          local okp, _, got = pcall(unpack, ">xI4I4", reply)
+          local okp, _, got = pcall(function() return read_u32(reply, 2), read_u32(reply, 6) end)
           if not okp or type(got) ~= "number" then st.bad = st.bad + 1
           elseif got < s then st.dup = st.dup + 1
           elseif got > s then st.reorder = st.reorder + 1
@@ -227,7 +245,7 @@ local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 local function read_file(path)
   local f = io.open(path, "rb")
   if not f then return "" end
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return s
 end
@@ -268,7 +286,7 @@ local function driver(short)
 
   local p = assert(io.popen(("exec %s %s --server %s > %s/server.out 2>&1 & echo $!"):format(
     q(LUA), q(SELF), q(name), q(tmp))))
-  local spid = tonumber(p:read("l"))
+  local spid = tonumber(p:read("*l"))
   p:close()
 
   local totals = { cycles = 0, csum = 0, msgs = 0, sum = 0, lost = 0, dup = 0, reorder = 0, bad = 0 }
@@ -278,7 +296,7 @@ local function driver(short)
   local function phase(tag, cycles, msgs)
     local LIMIT = math.max(5, math.floor(budget_end - npipe.now())) -- seconds this phase may take
     local list = {}
-    for w = 1, WORKERS do list[w] = { "--cycles", name, w, cycles // WORKERS, LIMIT } end
+    for w = 1, WORKERS do list[w] = { "--cycles", name, w, idiv(cycles, WORKERS), LIMIT } end
     local outs, failed = run_children(tmp, tag .. "-cycles", list, LIMIT)
     if failed then failures[#failures + 1] = failed end
     for _, o in ipairs(outs) do
@@ -286,8 +304,8 @@ local function driver(short)
       if n then totals.cycles, totals.csum = totals.cycles + tonumber(n), totals.csum + tonumber(s) end
     end
     list = {}
-    local per = CONNS // PROCS
-    for i = 1, PROCS do list[i] = { "--stream", name, i, per, msgs // CONNS, LIMIT } end
+    local per = idiv(CONNS, PROCS)
+    for i = 1, PROCS do list[i] = { "--stream", name, i, per, idiv(msgs, CONNS), LIMIT } end
     outs, failed = run_children(tmp, tag .. "-stream", list, LIMIT)
     if failed then failures[#failures + 1] = failed end
     for _, o in ipairs(outs) do
@@ -298,7 +316,7 @@ local function driver(short)
         totals.lost, totals.dup = totals.lost + tonumber(lost), totals.dup + tonumber(dup)
         totals.reorder, totals.bad = totals.reorder + tonumber(re), totals.bad + tonumber(bad)
       else
-        totals.lost = totals.lost + msgs // PROCS -- a client that did not report lost its share
+        totals.lost = totals.lost + idiv(msgs, PROCS) -- a client that did not report lost its share
       end
     end
   end
@@ -314,7 +332,7 @@ local function driver(short)
     rss.start = rss_kb(spid)
     local c0, m0 = totals.cycles, totals.msgs
     for r = 1, ROUNDS do
-      phase("round" .. r, CYCLES // ROUNDS, MSGS // ROUNDS)
+      phase("round" .. r, idiv(CYCLES, ROUNDS), idiv(MSGS, ROUNDS))
       rss[r == 1 and "middle" or "end"] = rss_kb(spid)
     end
     local report = assert(npipe.call(name, "REPORT", { timeout = 5 }))
@@ -347,7 +365,7 @@ local function driver(short)
       failures[#failures + 1] = ("%d of %d messages came back"):format(totals.msgs - m0, MSGS)
     end
     assert(rss.start and rss.middle and rss["end"], "could not read the server's RSS")
-    local margin = 8 * 1024 + math.max(0, rss.middle - rss.start) // 2
+    local margin = 8 * 1024 + idiv(math.max(0, rss.middle - rss.start), 2)
     if ASAN then
       rss.note = " (RSS not judged under AddressSanitizer: its quarantine keeps freed memory)"
     elseif rss["end"] > rss.middle + margin then

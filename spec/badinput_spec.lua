@@ -7,12 +7,14 @@ local helpers = require("helpers")
 
 local CLIENT = "spec/fixtures/sec_client.lua"
 
--- A fixed-seed PRNG (an LCG), so that a failure can be replayed.
+-- A fixed-seed PRNG (an LCG), so that a failure can be replayed. The same numbers on
+-- every Lua: s * 1103515245 is taken apart (1103515245 = 16838 * 65536 + 20077) so that
+-- no intermediate reaches 2^53, where Lua 5.1's doubles would round.
 local function prng(seed)
   local s = seed
   local function next_int(n) -- 0 .. n-1
-    s = (s * 1103515245 + 12345) % 2147483648
-    return (s // 65536) % n
+    s = ((s * 16838 % 32768) * 65536 + s * 20077 + 12345) % 2147483648
+    return math.floor(s / 65536) % n
   end
   local function bytes(n)
     local t = {}

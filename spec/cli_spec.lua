@@ -45,12 +45,10 @@ local function run(cmd)
   run_count = run_count + 1
   local out = ("%s/cli-run-%d.out"):format(helpers.tmp, run_count)
   local t0 = npipe.now()
-  local r, how, code = os.execute(("%s > %s 2>&1"):format(cmd, out))
+  local code = helpers.exit_code(os.execute(("%s > %s 2>&1"):format(cmd, out)))
   local elapsed = npipe.now() - t0
   local output = helpers.read_file(out) or ""
   os.remove(out)
-  if type(r) == "number" then code = r >= 256 and math.floor(r / 256) or r -- Lua 5.1
-  elseif how ~= "exit" then code = 128 + code end
   return code, output, elapsed
 end
 

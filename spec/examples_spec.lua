@@ -46,11 +46,9 @@ local run_count = 0
 local function run(cmd)
   run_count = run_count + 1
   local out = ("%s/examples-run-%d.out"):format(helpers.tmp, run_count)
-  local r, how, code = os.execute(("timeout 10 %s > %s 2>&1 < /dev/null"):format(cmd, out))
+  local code = helpers.exit_code(os.execute(("timeout 10 %s > %s 2>&1 < /dev/null"):format(cmd, out)))
   local output = helpers.read_file(out) or ""
   os.remove(out)
-  if type(r) == "number" then code = r >= 256 and math.floor(r / 256) or r -- Lua 5.1
-  elseif how ~= "exit" then code = 128 + code end
   return code, output
 end
 

@@ -91,6 +91,22 @@ end
 local function succeeded(r) return r == true or r == 0 end
 helpers.succeeded = succeeded
 
+-- The exit code of a command from what os.execute returned: Lua 5.2+ gives
+-- (ok, "exit" or "signal", n), Lua 5.1 and LuaJIT the raw wait status. Death by a
+-- signal counts as 128 + the signal number, as a shell reports it.
+function helpers.exit_code(r, how, code)
+  if type(r) == "number" then
+    local sig = r % 128
+    if sig ~= 0 then return 128 + sig end
+    return math.floor(r / 256) % 256
+  end
+  if how == "exit" then return code end
+  return 128 + code
+end
+
+-- table.pack, also on Lua 5.1 and LuaJIT.
+function helpers.pack(...) return { n = select("#", ...), ... } end
+
 function helpers.exists(path)
   return succeeded(os.execute("test -e " .. shell_quote(path)))
 end

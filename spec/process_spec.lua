@@ -11,6 +11,7 @@ local helpers = require("helpers")
 local P = require("fixtures.load_proto")
 
 local q = helpers.quote
+local pack = helpers.pack
 local FIX = "spec/fixtures/"
 local ENV = ("env LUA_PATH=%s LUA_CPATH=%s"):format(q(package.path), q(package.cpath))
 
@@ -97,8 +98,8 @@ describe("processes", function()
     local seen = {}
     server = assert(npipe.listen(name, { framing = "lines" }, {
       data = function(conn, msg)
-        seen.sid = table.pack(conn:session_id())
-        seen.pid = table.pack(conn:process_id())
+        seen.sid = pack(conn:session_id())
+        seen.pid = pack(conn:process_id())
         seen.conn = conn
         seen.hello = msg
       end,
@@ -148,7 +149,7 @@ describe("processes", function()
     os.remove(marker)
     local SIZE = 300 * 1024
     local blocks = {}
-    for i = 1, SIZE // 1024 do blocks[i] = ("%07d"):format(i) .. ("*"):rep(1016) .. "\n" end
+    for i = 1, math.floor(SIZE / 1024) do blocks[i] = ("%07d"):format(i) .. ("*"):rep(1016) .. "\n" end
     local big = table.concat(blocks)
     assert.are.equal(SIZE, #big)
 
@@ -161,15 +162,15 @@ describe("processes", function()
         r.pid = conn:process_id()
         -- 64 KiB first: the kernel takes it all at once, so only the socket's own
         -- queue shows that the client has not read it
-        r.write1 = table.pack(conn:write(big:sub(1, 64 * 1024)))
-        r.short = table.pack(conn:flush(0.2))
-        r.write2 = table.pack(conn:write(big:sub(64 * 1024 + 1)))
+        r.write1 = pack(conn:write(big:sub(1, 64 * 1024)))
+        r.short = pack(conn:flush(0.2))
+        r.write2 = pack(conn:write(big:sub(64 * 1024 + 1)))
         r.short_elapsed = npipe.now() - t0
         r.marker_after_short = helpers.exists(marker)
-        r.long = table.pack(conn:flush(5))
+        r.long = pack(conn:flush(5))
         r.elapsed = npipe.now() - t0
         r.marker_after_long = helpers.exists(marker)
-        r.bye = table.pack(conn:write("bye"))
+        r.bye = pack(conn:write("bye"))
         r.done = true
       end,
     }))

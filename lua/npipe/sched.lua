@@ -5,6 +5,7 @@ local core = require("npipe.core")
 
 local coroutine_create, coroutine_resume = coroutine.create, coroutine.resume
 local coroutine_running, coroutine_yield = coroutine.running, coroutine.yield
+local coroutine_status = coroutine.status
 local traceback = debug.traceback
 local unpack = table.unpack or _G.unpack -- Lua 5.1 and LuaJIT
 local select = select
@@ -14,6 +15,7 @@ local sched = {}
 local DONE, WAIT = {}, {} -- what a worker yields: its job ended, or it waits
 local is_worker = setmetatable({}, { __mode = "k" })
 local owner_of = setmetatable({}, { __mode = "k" }) -- waiting worker -> the owner of its job
+local parked = setmetatable({}, { __mode = "k" })   -- waiting worker -> the waiter it waits on
 local pool, npool = {}, 0
 -- Waiters whose coroutine can go on, and owners with queued jobs that could not start
 -- where they were queued. Two buffers each, swapped by pump, so pumping allocates nothing.
@@ -137,9 +139,14 @@ local function pump()
       local w = r[i]
       r[i] = nil
       local co = w.co
-      local owner = owner_of[co]
-      owner_of[co] = nil
-      step(co, owner or nil, unpack(w.result, 1, w.result.n))
+      -- only the wait the coroutine is parked on now (on Lua 5.1 a yield can fail,
+      -- e.g. inside pcall, and leave a stale waiter behind)
+      if parked[co] == w and coroutine_status(co) == "suspended" then
+        parked[co] = nil
+        local owner = owner_of[co]
+        owner_of[co] = nil
+        step(co, owner or nil, unpack(w.result, 1, w.result.n))
+      end
     end
     for i = 1, np do
       local o = p[i]
@@ -198,6 +205,7 @@ function sched.wait(w)
     local co = coroutine_running()
     if co and is_worker[co] then
       w.co = co
+      parked[co] = w
       coroutine_yield(WAIT)
     else
       drive(w)
