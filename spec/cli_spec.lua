@@ -190,7 +190,7 @@ describe("npipe command", function()
     assert.is_truthy(rc, "npipe serve did not exit on SIGTERM")
     assert.are.equal("0\n", rc)
     assert.is_false(helpers.exists(path), "the socket file is still there")
-    assert.matches("SIGTERM: closing", helpers.read_file(out), 1, true)
+    assert.matches("SIGTERM: closed", helpers.read_file(out), 1, true)
   end)
 
   it("fails a call to a missing name with status 1 and a message, within the timeout", function()
