@@ -59,6 +59,11 @@ function helpers.alive(pid)
   return state ~= nil and state ~= "Z" and state ~= "X"
 end
 
+-- Kills pid and its children (a wrapper such as timeout or sh -c and what it started).
+function helpers.kill_tree(pid)
+  os.execute(("pkill -KILL -P %d 2>/dev/null; kill -KILL %d 2>/dev/null"):format(pid, pid))
+end
+
 function helpers.kill(pid, sig)
   sig = tostring(sig or "TERM"):gsub("^SIG", "")
   os.execute(("kill -%s %d 2>/dev/null"):format(sig, pid))

@@ -38,9 +38,10 @@ describe("Neovim hosting an npipe server on its own loop", function()
       return
     end
     local name = helpers.name("nvim")
-    local pid = helpers.spawn(("exec env NPIPE_NAME=%s LUA_CPATH=%s timeout 20 nvim --headless -u NONE -c %s"):format(
-      helpers.quote(name), helpers.quote(cpath), helpers.quote("luafile spec/fixtures/nvim_host.lua")))
-    finally(function() helpers.kill(pid, "KILL") end)
+    -- timeout -k: Neovim handles SIGTERM in its own loop, which a stuck loop never reaches
+    local pid = helpers.spawn(("exec env NPIPE_NAME=%s LUA_CPATH=%s timeout -k 2 20 nvim --headless -u NONE -c %s")
+      :format(helpers.quote(name), helpers.quote(cpath), helpers.quote("luafile spec/fixtures/nvim_host.lua")))
+    finally(function() helpers.kill_tree(pid) end)
     local c = assert(npipe.connect(name, { framing = "lines", timeout = 10 }))
     assert(c:write("hello"))
     assert.are.equal("nvim: hello", c:read(5))
