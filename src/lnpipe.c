@@ -100,43 +100,48 @@ static void *check_open(lua_State *L, int idx, const char *mt, const char *what)
 
 /* ---- events: engine -> Lua ---- */
 
-/* Calls the registered Lua function for ev with the object's userdata and nargs more
- * values already pushed. The Lua side catches handler errors itself; an error here
- * is a bug in npipe, reported and survived. */
-static void dispatch(ctx *x, int ev, box *b, int nargs) {
+/* An event is the registered Lua function for ev called with the object's Lua side
+ * and the event's values: event_begin pushes the function and the object (0: the
+ * object is gone, nothing pushed), the caller pushes nargs values, event_call calls.
+ * The Lua side catches handler errors itself; an error here is a bug in npipe,
+ * reported and survived. */
+static int event_begin(ctx *x, int ev, box *b) {
   lua_State *L = x->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, x->refs[ev]);
-  if (!push_box(L, ev >= EV_TIMER ? x->objects : x->bound, b)) {
-    lua_pop(L, nargs + 1);
-    return;
-  }
-  lua_insert(L, -(nargs + 2));
-  lua_insert(L, -(nargs + 2));
+  if (push_box(L, ev >= EV_TIMER ? x->objects : x->bound, b)) return 1;
+  lua_pop(L, 1);
+  return 0;
+}
+
+static void event_call(ctx *x, int ev, int nargs) {
+  lua_State *L = x->L;
   if (lua_pcall(L, nargs + 1, 0, 0) != 0) {
     fprintf(stderr, "npipe: internal error in %s event: %s\n", event_names[ev], lua_tostring(L, -1));
     lua_pop(L, 1);
   }
 }
 
+static void dispatch0(ctx *x, int ev, box *b) {
+  if (event_begin(x, ev, b)) event_call(x, ev, 0);
+}
+
 static int ready(ctx *x, void *data) { return data != NULL && x->L != NULL && !x->closed; }
 
 static void ev_accept(np_server *s, np_conn *c) {
   box *sb = np_server_data(s);
-  if (!sb || !ready(sb->x, sb)) {
+  if (!sb || !ready(sb->x, sb) || !event_begin(sb->x, EV_ACCEPT, sb)) {
     np_conn_disconnect(c, "SHUTDOWN", "server object is gone");
     return;
   }
-  lua_State *L = sb->x->L;
-  box *cb = new_box(L, sb->x, c, CONN_MT);
-  np_conn_set_data(c, cb);
-  dispatch(sb->x, EV_ACCEPT, sb, 1);
+  np_conn_set_data(c, new_box(sb->x->L, sb->x, c, CONN_MT));
+  event_call(sb->x, EV_ACCEPT, 1);
 }
 
 static int ev_frame(np_conn *c, const char *data, size_t len) {
   box *b = np_conn_data(c);
-  if (!b || !ready(b->x, b)) return 0;
+  if (!b || !ready(b->x, b) || !event_begin(b->x, EV_FRAME, b)) return 0;
   lua_pushlstring(b->x->L, data, len);
-  dispatch(b->x, EV_FRAME, b, 1);
+  event_call(b->x, EV_FRAME, 1);
   return 0;
 }
 
@@ -145,32 +150,32 @@ static void ev_closed(np_conn *c, const char *code, const char *reason) {
   if (!b) return;
   b->peer_kept = np_conn_peer(c, &b->cred) == 0;
   b->session = np_conn_peer_session(c);
-  if (!ready(b->x, b)) return;
+  if (!ready(b->x, b) || !event_begin(b->x, EV_CLOSED, b)) return;
   lua_pushstring(b->x->L, reason);
   lua_pushstring(b->x->L, code);
-  dispatch(b->x, EV_CLOSED, b, 2);
+  event_call(b->x, EV_CLOSED, 2);
 }
 
 static void ev_connected(np_conn *c, int status) {
   box *b = np_conn_data(c);
-  if (!b || !ready(b->x, b)) return;
+  if (!b || !ready(b->x, b) || !event_begin(b->x, EV_CONNECTED, b)) return;
   if (status == 0) {
-    dispatch(b->x, EV_CONNECTED, b, 0);
+    event_call(b->x, EV_CONNECTED, 0);
     return;
   }
   lua_pushfstring(b->x->L, "%s (%s)", uv_strerror(status), uv_err_name(status));
   lua_pushstring(b->x->L, uv_err_name(status));
-  dispatch(b->x, EV_CONNECTED, b, 2);
+  event_call(b->x, EV_CONNECTED, 2);
 }
 
 static void ev_flushed(np_conn *c) {
   box *b = np_conn_data(c);
-  if (b && ready(b->x, b)) dispatch(b->x, EV_FLUSHED, b, 0);
+  if (b && ready(b->x, b)) dispatch0(b->x, EV_FLUSHED, b);
 }
 
 static void ev_drained(np_conn *c) {
   box *b = np_conn_data(c);
-  if (b && ready(b->x, b)) dispatch(b->x, EV_DRAINED, b, 0);
+  if (b && ready(b->x, b)) dispatch0(b->x, EV_DRAINED, b);
 }
 
 static void ev_released(void *data) { ((box *)data)->p = NULL; }
@@ -505,7 +510,7 @@ static int conn_framing(lua_State *L) {
 
 static void on_timer(uv_timer_t *t) {
   box *b = t->data;
-  if (b && ready(b->x, b)) dispatch(b->x, EV_TIMER, b, 0);
+  if (b && ready(b->x, b)) dispatch0(b->x, EV_TIMER, b);
 }
 
 static int l_timer(lua_State *L) {
@@ -552,7 +557,7 @@ static int timer_close(lua_State *L) {
 static void on_signal(uv_signal_t *h, int signum) {
   box *b = h->data;
   (void)signum;
-  if (b && ready(b->x, b)) dispatch(b->x, EV_SIGNAL, b, 0);
+  if (b && ready(b->x, b)) dispatch0(b->x, EV_SIGNAL, b);
 }
 
 static int l_signal(lua_State *L) {

@@ -100,7 +100,20 @@ local function start(owner, fn, a, b, c)
     is_worker[co] = true
   end
   if owner then owner._busy = co end
-  step(co, owner, fn, a, b, c)
+  local prev = current
+  current = co
+  local ok, tag = coroutine_resume(co, fn, a, b, c)
+  current = prev
+  if ok and tag == DONE then -- the common case (the job ran to its end), inline
+    npool = npool + 1
+    pool[npool] = co
+    if owner then
+      owner._busy = nil
+      if owner._qn > 0 then add_pending(owner) end
+    end
+  else
+    finish(co, owner, ok, tag)
+  end
 end
 sched.start = start
 
