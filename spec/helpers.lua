@@ -61,7 +61,8 @@ end
 
 -- Kills pid and its children (a wrapper such as timeout or sh -c and what it started).
 function helpers.kill_tree(pid)
-  os.execute(("pkill -KILL -P %d 2>/dev/null; kill -KILL %d 2>/dev/null"):format(pid, pid))
+  -- procps (pkill, ps) deadlocks under the ASan runtime that the sanitizer run preloads
+  os.execute(("env -u LD_PRELOAD pkill -KILL -P %d 2>/dev/null; kill -KILL %d 2>/dev/null"):format(pid, pid))
 end
 
 function helpers.kill(pid, sig)
