@@ -5,7 +5,7 @@
 # Ends with one line "npipe: N passed, M failed". Arguments go to busted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh valgrind clang libclang-rt-14-dev gcc-mingw-w64-x86-64 lua5.1 liblua5.1-0-dev \
+bash scripts/deps.sh valgrind clang libclang-rt-14-dev gcc-mingw-w64-x86-64 wine64 dpkg-dev lua5.1 liblua5.1-0-dev \
   lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev luajit libluajit-5.1-dev nodejs lua-luv neovim
 bash scripts/build.sh
 # A LuaJIT build too, for the spec that hosts npipe inside Neovim (LuaJIT + luv).
@@ -58,9 +58,11 @@ if [ "${NPIPE_FUZZ_SECONDS:-30}" != 0 ]; then
   passed=$((passed + 2))
 fi
 
-echo "== Windows cross-compile (mingw-w64)"
+echo "== Windows cross-compile (mingw-w64), and the C tests under Wine"
 bash scripts/windows.sh
 passed=$((passed + 1))
+bash scripts/wine.sh | tee "$LOG/wine"
+passed=$((passed + $(grep -c '^wine clean' "$LOG/wine")))
 
 if [ "${NPIPE_MATRIX:-1}" != 0 ]; then
   echo "== Lua 5.1, 5.2, 5.3, LuaJIT"

@@ -3,7 +3,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _WIN32
+#include <winsock2.h> /* before windows.h, as uv.h needs */
+#include <windows.h>
+#else
 #include <unistd.h>
+#define HAVE_SOCKET_FILES 1 /* Unix: a pipe is a file that close removes */
+#endif
 
 #include "np_engine.h"
 
@@ -71,6 +77,36 @@ static void on_released(void *data) {
 
 static const np_events EVENTS = {on_accept, on_frame, on_closed, on_connected, on_flushed, NULL, on_released};
 
+/* The platform's form of a pipe name: a socket path on Unix, \\.\pipe\NAME on Windows. */
+static void pipe_path(const char *tag, char *out, size_t outlen) {
+  char name[64], err[256];
+  snprintf(name, sizeof name, "npipe-%s-%ld", tag, np_platform_pid());
+  if (np_platform_resolve(name, 1, out, outlen, err, sizeof err) != 0) {
+    fprintf(stderr, "cannot resolve %s: %s\n", name, err);
+    exit(1);
+  }
+}
+
+/* On Windows a second server instance on a live name fails in CreateNamedPipe itself. */
+static int rc_again_windows(const char *err) {
+#ifdef _WIN32
+  return err[0] != '\0';
+#else
+  (void)err;
+  return 0;
+#endif
+}
+
+/* Wine stubs a few named-pipe details; the tests say which instead of failing on them. */
+static int under_wine(void) {
+#ifdef _WIN32
+  HMODULE ntdll = GetModuleHandleA("ntdll.dll");
+  return ntdll != NULL && GetProcAddress(ntdll, "wine_get_version") != NULL;
+#else
+  return 0;
+#endif
+}
+
 static void run_until(uv_loop_t *loop, int *flag, int want) {
   for (int i = 0; i < 2000 && *flag < want; i++) uv_run(loop, UV_RUN_ONCE);
 }
@@ -80,8 +116,8 @@ static void test_echo_flush_disconnect(void) {
   uv_loop_init(&loop);
   memset(&W, 0, sizeof W);
   np_engine *e = np_engine_new(&loop, &EVENTS);
-  char path[64], err[256];
-  snprintf(path, sizeof path, "/tmp/npipe-engine-test-%d.sock", (int)getpid());
+  char path[512], err[256];
+  pipe_path("engine-test", path, sizeof path);
   np_server_opts so = {{NP_FRAMING_MESSAGE, 1024, 1 << 20}, 0600, 16, 0};
   np_server *s = NULL;
   CHECK(np_server_listen(e, path, &so, &s, err, sizeof err) == 0);
@@ -92,7 +128,7 @@ static void test_echo_flush_disconnect(void) {
   CHECK(W.connected == 1 && W.accepted == 1);
 
   np_cred cred;
-  CHECK(np_conn_peer(W.server_side, &cred) == 0 && cred.pid == (long)getpid());
+  CHECK(np_conn_peer(W.server_side, &cred) == 0 && cred.pid == np_platform_pid());
   CHECK(np_conn_peer_session(W.server_side) == np_platform_session_id());
 
   for (int i = 0; i < 10; i++) {
@@ -116,12 +152,22 @@ static void test_echo_flush_disconnect(void) {
 
   /* a second server on a live name is refused, and the first keeps its socket */
   np_server *again = NULL;
-  CHECK(np_server_listen(e, path, &so, &again, err, sizeof err) == UV_EADDRINUSE);
-  CHECK(strstr(err, "already in use") != NULL);
+  int again_rc = np_server_listen(e, path, &so, &again, err, sizeof err);
+  if (again_rc == 0 && under_wine()) {
+    printf("skip live-name refusal: Wine does not enforce FILE_FLAG_FIRST_PIPE_INSTANCE\n");
+    np_server_close(again);
+  } else {
+    CHECK(again_rc == UV_EADDRINUSE);
+    CHECK(strstr(err, "already in use") != NULL || rc_again_windows(err));
+  }
+#ifdef HAVE_SOCKET_FILES
   CHECK(access(path, F_OK) == 0);
+#endif
 
   np_server_close(s);
+#ifdef HAVE_SOCKET_FILES
   CHECK(access(path, F_OK) != 0); /* the socket file is gone */
+#endif
   np_engine_shutdown(e);
   uv_run(&loop, UV_RUN_DEFAULT);
   np_engine_free(e);
@@ -135,8 +181,8 @@ static void test_oversized_message(void) {
   uv_loop_init(&loop);
   memset(&W, 0, sizeof W);
   np_engine *e = np_engine_new(&loop, &EVENTS);
-  char path[64], err[256];
-  snprintf(path, sizeof path, "/tmp/npipe-engine-big-%d.sock", (int)getpid());
+  char path[512], err[256];
+  pipe_path("engine-big", path, sizeof path);
   np_server_opts so = {{NP_FRAMING_MESSAGE, 16, 1 << 20}, 0600, 16, 0};
   np_server *s = NULL;
   CHECK(np_server_listen(e, path, &so, &s, err, sizeof err) == 0);
