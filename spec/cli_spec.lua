@@ -5,17 +5,10 @@ local helpers = require("helpers")
 local quote = helpers.quote
 local NPIPE = ("%s %s"):format(helpers.lua, quote(helpers.root .. "/bin/npipe"))
 
--- Whether a process has ended. A zombie counts as ended: the children are reparented
--- to PID 1, which (in some containers) never reaps them, and kill -0 still finds those.
-local function gone(pid)
-  local stat = helpers.read_file(("/proc/%d/stat"):format(pid))
-  if stat then return stat:match("^%d+ %b() (%a)") == "Z" end
-  return not helpers.alive(pid)
-end
-
-local function wait_gone(pid, seconds)
-  return helpers.wait_until(function() return gone(pid) end, seconds)
-end
+-- helpers.alive counts a zombie as ended (children here are reparented to a PID 1
+-- that does not reap them).
+local function gone(pid) return not helpers.alive(pid) end
+local wait_gone = helpers.wait_exit
 
 local children, files
 

@@ -17,16 +17,7 @@ local with_close = (function()
   return f and f()
 end)()
 
--- Servers the current test started; after_each closes those a failed test left open.
-local open_servers = {}
-local function track(server)
-  open_servers[#open_servers + 1] = server
-  return server
-end
-local function close_leftovers()
-  for _, s in ipairs(open_servers) do if s:is_open() then s:close() end end
-  open_servers = {}
-end
+local track, close_leftovers = helpers.track_server, helpers.close_tracked_servers
 
 -- A server that records its connections and its disconnect handler calls:
 -- rec.conns (accept order), rec.calls[conn] = n, rec.list = { {conn, reason, code} ... }.

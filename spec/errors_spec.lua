@@ -30,16 +30,7 @@ local function mode_of(path) return helpers.capture("stat -c %a " .. q(path) .. 
 -- Names in a directory (ls -A), as one string; "" when it is empty.
 local function listing(dir) return helpers.capture("ls -A " .. q(dir)) end
 
--- Servers the current test started; after_each closes those a failed test left open.
-local open_servers = {}
-local function track(server)
-  open_servers[#open_servers + 1] = server
-  return server
-end
-local function close_leftovers()
-  for _, s in ipairs(open_servers) do if s:is_open() then s:close() end end
-  open_servers = {}
-end
+local track, close_leftovers = helpers.track_server, helpers.close_tracked_servers
 
 -- An echo server ("echo:" .. msg) in message framing with extra handlers.
 local function echo_server(handlers)

@@ -70,6 +70,19 @@ function helpers.kill(pid, sig)
   os.execute(("kill -%s %d 2>/dev/null"):format(sig, pid))
 end
 
+-- Servers a test started; an after_each calling close_tracked_servers closes those a
+-- failed test left open.
+local open_servers = {}
+function helpers.track_server(server)
+  open_servers[#open_servers + 1] = server
+  return server
+end
+
+function helpers.close_tracked_servers()
+  for _, s in ipairs(open_servers) do if s:is_open() then s:close() end end
+  open_servers = {}
+end
+
 -- Polls cond (driving npipe's loop in between) until it is true or seconds pass.
 function helpers.wait_until(cond, seconds)
   local deadline = npipe.now() + (seconds or 5)
