@@ -489,21 +489,9 @@ static int conn_peer(lua_State *L) {
   return 6;
 }
 
-static int conn_queued(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)np_conn_queued(open_conn(L)));
-  return 1;
-}
-
 static int conn_id(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)np_conn_id(open_conn(L)));
   return 1;
-}
-
-static int conn_framing(lua_State *L) {
-  const np_conn_opts *o = np_conn_options(open_conn(L));
-  lua_pushstring(L, np_framing_name(o->framing));
-  lua_pushinteger(L, (lua_Integer)o->max_message);
-  return 2;
 }
 
 /* ---- timers ---- */
@@ -655,8 +643,7 @@ static const luaL_Reg server_methods[] = {
 static const luaL_Reg conn_methods[] = {
     {"write", conn_write},   {"disconnect", conn_disconnect}, {"flush", conn_flush},
     {"pause", conn_pause},   {"resume", conn_resume},         {"is_open", conn_is_open},
-    {"peer", conn_peer},     {"queued", conn_queued},
-    {"id", conn_id},         {"framing", conn_framing},       {NULL, NULL}};
+    {"peer", conn_peer},     {"id", conn_id},                 {NULL, NULL}};
 
 static const luaL_Reg timer_methods[] = {
     {"start", timer_start}, {"stop", timer_stop}, {"close", timer_close}, {NULL, NULL}};

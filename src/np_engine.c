@@ -389,11 +389,8 @@ long np_conn_peer_session(np_conn *c) { return c->session; }
 
 size_t np_conn_queued(const np_conn *c) { return c->queued; }
 uint64_t np_conn_id(const np_conn *c) { return c->id; }
-np_server *np_conn_server(const np_conn *c) { return c->server; }
 void np_conn_set_data(np_conn *c, void *data) { c->data = data; }
 void *np_conn_data(const np_conn *c) { return c->data; }
-uv_pipe_t *np_conn_pipe(np_conn *c) { return &c->pipe; }
-const np_conn_opts *np_conn_options(const np_conn *c) { return &c->opts; }
 
 /* ---- client ---- */
 

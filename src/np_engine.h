@@ -84,11 +84,8 @@ int np_conn_peer(np_conn *c, np_cred *out);
 long np_conn_peer_session(np_conn *c);
 size_t np_conn_queued(const np_conn *c);
 uint64_t np_conn_id(const np_conn *c);
-np_server *np_conn_server(const np_conn *c);
 void np_conn_set_data(np_conn *c, void *data);
 void *np_conn_data(const np_conn *c);
 void *np_server_data(const np_server *s);
-uv_pipe_t *np_conn_pipe(np_conn *c);
-const np_conn_opts *np_conn_options(const np_conn *c);
 
 #endif

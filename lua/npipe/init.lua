@@ -107,9 +107,11 @@ function Conn:_drop_queue()
   self._q, self._qn = nil, 0
 end
 
-function Conn:_job_done(ok, err)
-  if ok or self._failed then
-    if not ok then sched.report("error in an error handler", err) end
+-- A handler of this connection raised: report it (through the error handler when there
+-- is one), drop what was queued, and end this connection only.
+function Conn:_job_failed(err)
+  if self._failed then
+    sched.report("error in an error handler", err)
     return
   end
   self._failed = true
@@ -122,8 +124,7 @@ function Conn:_job_done(ok, err)
     sched.report(("handler error on connection #%d"):format(self._id), err)
   end
   local first = tostring(err):match("^[^\n]*")
-  self:_end_now("handler error: " .. first, "EHANDLER")
-  sched.schedule(self)
+  self:_end_now("handler error: " .. first, "EHANDLER") -- its disconnect handler queues after
 end
 
 function Conn:_end_now(reason, code)

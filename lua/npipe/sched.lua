@@ -21,6 +21,7 @@ local pool, npool = {}, 0
 -- where they were queued. Two buffers each, swapped by pump, so pumping allocates nothing.
 local ready, nready, ready_spare = {}, 0, {}
 local pending, npending, pending_spare = {}, 0, {}
+local spawned, nspawned = {}, 0 -- npipe.spawn from inside a job: {fn, a, b, c}, started by pump
 local in_loop = 0
 -- The worker being resumed now: nil at top level. Cheaper than coroutine.running()
 -- on every event; wait() still asks coroutine.running() to know whom to suspend.
@@ -29,7 +30,6 @@ local current = nil
 local function pack(...)
   return { n = select("#", ...), ... }
 end
-sched.pack = pack
 
 -- A worker runs one job after another. A job that raises kills its worker (the error
 -- and traceback are taken from the dead coroutine), because Lua 5.1 cannot yield
@@ -39,11 +39,6 @@ local function worker(fn, a, b, c)
     fn(a, b, c)
     fn, a, b, c = coroutine_yield(DONE)
   end
-end
-
--- Inside a job (or something it called): events must not start other jobs here.
-function sched.in_worker()
-  return current ~= nil
 end
 
 local function report(what, err)
@@ -57,7 +52,7 @@ local function add_pending(owner)
 end
 
 -- After a resume: the job ended, failed, or waits. Owners (connections) provide
--- _busy, _qn (queued jobs), _dequeue() and _job_done(false, err) for failures.
+-- _busy, _qn (queued jobs), _dequeue() and _job_failed(err).
 local function finish(co, owner, ok, tag)
   if ok and tag == DONE then
     npool = npool + 1
@@ -71,7 +66,7 @@ local function finish(co, owner, ok, tag)
     local err = traceback(co, tag)
     if owner then
       owner._busy = nil
-      owner:_job_done(false, err)
+      owner:_job_failed(err)
       if owner._qn > 0 then add_pending(owner) end
     else
       sched.report("error in a spawned function", err)
@@ -115,7 +110,6 @@ local function start(owner, fn, a, b, c)
     finish(co, owner, ok, tag)
   end
 end
-sched.start = start
 
 -- Runs an owner's queued jobs one after another until it waits or has none left.
 local function run_queue(owner)
@@ -136,14 +130,13 @@ function sched.submit(owner, fn, a, b, c)
   end
 end
 
-sched.schedule = add_pending
 
 -- Lets everything that became runnable go on. Never from inside a worker.
 local pumping = false
 local function pump()
   if pumping then return end
   pumping = true
-  while nready > 0 or npending > 0 do
+  while nready > 0 or npending > 0 or nspawned > 0 do
     local r, nr = ready, nready
     ready, nready, ready_spare = ready_spare, 0, r
     local p, np = pending, npending
@@ -166,6 +159,9 @@ local function pump()
       p[i] = nil
       run_queue(o)
     end
+    local sp, ns = spawned, nspawned
+    spawned, nspawned = {}, 0 -- rare: not worth a spare buffer
+    for i = 1, ns do start(nil, sp[i][1], sp[i][2], sp[i][3], sp[i][4]) end
   end
   pumping = false
 end
@@ -173,7 +169,7 @@ sched.pump = pump
 
 -- Called at the end of every engine event.
 function sched.settle()
-  if current == nil and (nready > 0 or npending > 0) then pump() end
+  if current == nil and (nready > 0 or npending > 0 or nspawned > 0) then pump() end
 end
 
 ---- waiting ----
@@ -203,7 +199,7 @@ local function drive(w)
       pump()
       if w.done then break end
       local alive = core.run("once")
-      if not alive and not w.done and nready == 0 and npending == 0 then
+      if not alive and not w.done and nready == 0 and npending == 0 and nspawned == 0 then
         error("npipe: deadlock: waiting for an event with nothing left that could deliver it", 0)
       end
     end
@@ -293,18 +289,8 @@ function sched.spawn(fn, ...)
   end
   local a, b, c = ...
   if current then
-    local t = { _qn = 0 }
-    function t._dequeue(self) -- a one-job owner
-      if self._qn == 0 then return nil end
-      self._qn = 0
-      return { fn, a, b, c }
-    end
-    function t._enqueue() end
-    function t._job_done(_, ok, err)
-      if not ok then sched.report("error in a spawned function", err) end
-    end
-    t._qn = 1
-    add_pending(t)
+    nspawned = nspawned + 1
+    spawned[nspawned] = { fn, a, b, c }
   else
     start(nil, fn, a, b, c)
   end
