@@ -445,6 +445,12 @@ static int conn_flush(lua_State *L) {
   return 1;
 }
 
+static int conn_flush_cancel(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  if (b->p) np_conn_flush_cancel(b->p);
+  return 0;
+}
+
 static int conn_pause(lua_State *L) {
   np_conn_pause(open_conn(L));
   return 0;
@@ -642,6 +648,7 @@ static const luaL_Reg server_methods[] = {
 
 static const luaL_Reg conn_methods[] = {
     {"write", conn_write},   {"disconnect", conn_disconnect}, {"flush", conn_flush},
+    {"flush_cancel", conn_flush_cancel},
     {"pause", conn_pause},   {"resume", conn_resume},         {"is_open", conn_is_open},
     {"peer", conn_peer},     {"id", conn_id},                 {NULL, NULL}};
 

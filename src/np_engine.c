@@ -42,6 +42,7 @@ struct np_conn {
   np_engine *e;
   np_conn *prev, *next;
   np_conn *flush_next;
+  np_flush *flush_op; /* an off-thread flush in flight (Windows) */
   np_server *server;
   np_conn_opts opts;
   np_framer fr;
@@ -50,7 +51,8 @@ struct np_conn {
   int state;
   int paused;   /* the host asked to stop reading */
   int reading;  /* libuv is reading now */
-  int flush_pending;
+  int flush_pending; /* the host waits for a flushed event */
+  int flush_listed;  /* on the engine's poll list */
   int over_high;
   np_cred cred;
   long session; /* the peer's session, taken at connect time like cred */
@@ -128,19 +130,22 @@ static void on_conn_closed(uv_handle_t *h) {
   free(c);
 }
 
-static void flush_remove(np_conn *c) {
+static void flush_forget(np_conn *c) {
   np_conn **p = &c->e->flushing;
-  while (*p && *p != c) p = &(*p)->flush_next;
-  if (*p) *p = c->flush_next;
+  while (c->flush_listed && *p && *p != c) p = &(*p)->flush_next;
+  if (c->flush_listed && *p) *p = c->flush_next;
+  c->flush_listed = 0;
   c->flush_pending = 0;
   c->flush_next = NULL;
+  np_platform_flush_cancel(c->flush_op);
+  c->flush_op = NULL;
 }
 
 static void conn_end(np_conn *c, const char *code, const char *reason, int notify) {
   if (c->state == C_CLOSED) return;
   int was_open = c->state == C_OPEN;
   c->state = C_CLOSED;
-  if (c->flush_pending) flush_remove(c);
+  flush_forget(c);
   LIST_DEL(c->e->conns, c);
   if (c->server && was_open) server_conn_gone(c->server);
   if (was_open && notify && c->e->ev.closed) c->e->ev.closed(c, code, reason);
@@ -320,11 +325,46 @@ int np_conn_write(np_conn *c, const char *data, size_t len) {
 }
 
 void np_conn_disconnect(np_conn *c, const char *code, const char *reason) {
+  if (c->state == C_OPEN) np_platform_disconnect(&c->pipe);
   conn_end(c, code ? code : "DISCONNECTED", reason ? reason : "disconnected by the server", 1);
 }
 
-static int flush_done(np_conn *c) {
-  return c->nwrites == 0 && np_platform_unread(&c->pipe) <= 0;
+static void on_flush_poll(uv_timer_t *t);
+
+static void flush_list(np_conn *c) {
+  np_engine *e = c->e;
+  if (!c->flush_listed) {
+    c->flush_listed = 1;
+    c->flush_next = e->flushing;
+    e->flushing = c;
+  }
+  if (!e->flush_timer_on) {
+    e->flush_timer.data = e;
+    uv_timer_start(&e->flush_timer, on_flush_poll, FLUSH_POLL_MS, FLUSH_POLL_MS);
+    e->flush_timer_on = 1;
+  }
+}
+
+static void flush_finished(np_conn *c) {
+  c->flush_pending = 0;
+  if (c->e->ev.flushed) c->e->ev.flushed(c);
+}
+
+static void on_flush_op(void *arg, int status) {
+  np_conn *c = arg;
+  c->flush_op = NULL;
+  if (status < 0) conn_fail(c, status, "flush");
+  else if (c->nwrites > 0) flush_list(c); /* written meanwhile: wait for libuv's queue again */
+  else flush_finished(c);
+}
+
+/* 1: the peer has read everything; 0: not yet (an off-thread wait may have started). */
+static int flush_check(np_conn *c) {
+  if (c->nwrites > 0 || c->flush_op) return 0;
+  long unread = np_platform_unread(&c->pipe);
+  if (unread >= 0) return unread == 0;
+  int rc = np_platform_flush_start(c->e->loop, &c->pipe, on_flush_op, c, &c->flush_op);
+  return rc == UV_ENOTSUP ? 1 : rc;
 }
 
 /* Polled, because no OS call tells when the peer has consumed a Unix socket's data. */
@@ -336,14 +376,12 @@ static void on_flush_poll(uv_timer_t *t) {
     np_conn *c = list;
     list = c->flush_next;
     c->flush_next = NULL;
+    c->flush_listed = 0;
     if (c->state != C_OPEN) continue;
-    if (flush_done(c)) {
-      c->flush_pending = 0;
-      if (c->e->ev.flushed) c->e->ev.flushed(c);
-    } else {
-      c->flush_next = e->flushing;
-      e->flushing = c;
-    }
+    int rc = flush_check(c);
+    if (rc < 0) conn_fail(c, rc, "flush");
+    else if (rc == 1) flush_finished(c);
+    else if (c->flush_op == NULL) flush_list(c);
   }
   if (e->flushing == NULL) {
     uv_timer_stop(t);
@@ -352,20 +390,16 @@ static void on_flush_poll(uv_timer_t *t) {
 }
 
 int np_conn_flush(np_conn *c) {
-  np_engine *e = c->e;
   if (c->state != C_OPEN) return UV_ENOTCONN;
-  if (flush_done(c)) return 1;
-  if (!c->flush_pending) {
-    c->flush_pending = 1;
-    c->flush_next = e->flushing;
-    e->flushing = c;
-  }
-  if (!e->flush_timer_on) {
-    e->flush_timer.data = e;
-    uv_timer_start(&e->flush_timer, on_flush_poll, FLUSH_POLL_MS, FLUSH_POLL_MS);
-    e->flush_timer_on = 1;
-  }
+  int rc = flush_check(c);
+  if (rc != 0) return rc;
+  c->flush_pending = 1;
+  if (c->flush_op == NULL) flush_list(c);
   return 0;
+}
+
+void np_conn_flush_cancel(np_conn *c) {
+  if (c->state == C_OPEN) flush_forget(c);
 }
 
 void np_conn_pause(np_conn *c) {

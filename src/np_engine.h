@@ -71,11 +71,15 @@ int np_conn_connect(np_engine *e, const char *path, const np_conn_opts *opts, np
 int np_conn_open_fd(np_engine *e, int fd, const np_conn_opts *opts, np_conn **out);
 /* Queues len bytes as one frame. 0, or a negative uv error code. */
 int np_conn_write(np_conn *c, const char *data, size_t len);
-/* DisconnectNamedPipe: immediate; queued writes and unread input are dropped.
+/* DisconnectNamedPipe: immediate; queued writes and unread input are dropped (on
+ * Windows also what the client has not read yet; a Unix peer still reads it).
  * The closed event follows synchronously with the given code and reason. */
 void np_conn_disconnect(np_conn *c, const char *code, const char *reason);
 /* 1: the peer has read everything; 0: a flushed event will follow; <0: error. */
 int np_conn_flush(np_conn *c);
+/* The host no longer waits for the flushed event (its wait timed out): stop polling,
+ * and on Windows interrupt the FlushFileBuffers still blocked on a pool thread. */
+void np_conn_flush_cancel(np_conn *c);
 void np_conn_pause(np_conn *c);
 void np_conn_resume(np_conn *c);
 int np_conn_is_open(const np_conn *c);

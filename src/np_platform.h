@@ -47,6 +47,21 @@ long np_platform_pid(void);
  * <0 when the OS cannot tell, in which case a flush only waits for libuv's queue. */
 long np_platform_unread(uv_pipe_t *pipe);
 
+/* A flush that waits off the loop thread (Windows: FlushFileBuffers, which blocks until
+ * the client has read everything, on a libuv threadpool thread). start returns
+ * UV_ENOTSUP where np_platform_unread answers instead (Unix). cb runs on the loop
+ * thread with 0 or a negative uv error code, unless np_platform_flush_cancel came first:
+ * cancel interrupts the blocked call and guarantees cb is never called. */
+typedef struct np_flush np_flush;
+typedef void (*np_flush_cb)(void *arg, int status);
+int np_platform_flush_start(uv_loop_t *loop, uv_pipe_t *pipe, np_flush_cb cb, void *arg, np_flush **out);
+void np_platform_flush_cancel(np_flush *f);
+
+/* DisconnectNamedPipe before the handle closes: on Windows the server end drops what
+ * the client has not read yet, so disconnect is flush-less there. Nothing on Unix,
+ * where a closed socket's unread bytes stay readable by the peer. */
+void np_platform_disconnect(uv_pipe_t *pipe);
+
 /* Socket file bookkeeping so that a server removes only the file it created. */
 typedef struct np_file_id {
   unsigned long long dev, ino;

@@ -181,6 +181,20 @@ long np_platform_unread(uv_pipe_t *pipe) {
 #endif
 }
 
+/* Unix answers a flush through SIOCOUTQ, polled by the engine: no thread needed. */
+int np_platform_flush_start(uv_loop_t *loop, uv_pipe_t *pipe, np_flush_cb cb, void *arg, np_flush **out) {
+  (void)loop;
+  (void)pipe;
+  (void)cb;
+  (void)arg;
+  *out = NULL;
+  return UV_ENOTSUP;
+}
+
+void np_platform_flush_cancel(np_flush *f) { (void)f; }
+
+void np_platform_disconnect(uv_pipe_t *pipe) { (void)pipe; }
+
 int np_platform_file_id(const char *path, np_file_id *out) {
   struct stat st;
   if (lstat(path, &st) != 0) return -errno;

@@ -3,6 +3,7 @@
 #include "np_platform.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <windows.h>
 
@@ -86,10 +87,110 @@ long np_platform_peer_session(uv_pipe_t *pipe, const np_cred *cred) {
 
 long np_platform_pid(void) { return (long)GetCurrentProcessId(); }
 
-/* No count of unread bytes on a named pipe: a flush waits for libuv's queue only. */
+/* No count of unread bytes on a named pipe: np_platform_flush_start waits instead. */
 long np_platform_unread(uv_pipe_t *pipe) {
   (void)pipe;
   return -1;
+}
+
+/* ---- flush: FlushFileBuffers on a threadpool thread ---- */
+
+enum { FLUSH_QUEUED, FLUSH_RUNNING, FLUSH_DONE };
+
+struct np_flush {
+  uv_work_t work;
+  uv_mutex_t lock; /* guards state and thread between the pool thread and the loop */
+  int state;
+  int cancelled;
+  HANDLE pipe;   /* a duplicate: the loop may close its own handle while we wait */
+  HANDLE thread; /* the pool thread, while it is inside FlushFileBuffers */
+  DWORD error;
+  np_flush_cb cb;
+  void *arg;
+};
+
+static void flush_work(uv_work_t *w) {
+  np_flush *f = w->data;
+  HANDLE self = NULL;
+  DuplicateHandle(GetCurrentProcess(), GetCurrentThread(), GetCurrentProcess(), &self, 0, FALSE,
+                  DUPLICATE_SAME_ACCESS);
+  uv_mutex_lock(&f->lock);
+  int go = !f->cancelled && self != NULL;
+  f->state = go ? FLUSH_RUNNING : FLUSH_DONE;
+  f->thread = self;
+  uv_mutex_unlock(&f->lock);
+  /* Blocks until the client has read every byte, disconnects, or CancelSynchronousIo. */
+  if (go) f->error = FlushFileBuffers(f->pipe) ? 0 : GetLastError();
+  else f->error = f->cancelled ? ERROR_OPERATION_ABORTED : GetLastError();
+  uv_mutex_lock(&f->lock);
+  f->state = FLUSH_DONE;
+  f->thread = NULL;
+  uv_mutex_unlock(&f->lock);
+  if (self) CloseHandle(self);
+}
+
+static void flush_after(uv_work_t *w, int status) {
+  np_flush *f = w->data;
+  int cancelled = f->cancelled;
+  if (status == 0 && f->error) status = uv_translate_sys_error((int)f->error);
+  CloseHandle(f->pipe);
+  uv_mutex_destroy(&f->lock);
+  np_flush_cb cb = f->cb;
+  void *arg = f->arg;
+  free(f);
+  if (!cancelled) cb(arg, status);
+}
+
+int np_platform_flush_start(uv_loop_t *loop, uv_pipe_t *pipe, np_flush_cb cb, void *arg, np_flush **out) {
+  HANDLE h = pipe_handle(pipe), dup = NULL;
+  *out = NULL;
+  if (h == INVALID_HANDLE_VALUE) return UV_EBADF;
+  if (!DuplicateHandle(GetCurrentProcess(), h, GetCurrentProcess(), &dup, 0, FALSE, DUPLICATE_SAME_ACCESS))
+    return uv_translate_sys_error((int)GetLastError());
+  np_flush *f = calloc(1, sizeof *f);
+  if (f == NULL || uv_mutex_init(&f->lock) != 0) {
+    free(f);
+    CloseHandle(dup);
+    return UV_ENOMEM;
+  }
+  f->pipe = dup;
+  f->cb = cb;
+  f->arg = arg;
+  f->work.data = f;
+  int rc = uv_queue_work(loop, &f->work, flush_work, flush_after);
+  if (rc < 0) {
+    uv_mutex_destroy(&f->lock);
+    CloseHandle(dup);
+    free(f);
+    return rc;
+  }
+  *out = f;
+  return 0;
+}
+
+/* CancelSynchronousIo finds nothing if the pool thread has marked itself running but
+ * not yet entered the call: try again for a few milliseconds in that narrow case. */
+#define CANCEL_TRIES 20
+
+void np_platform_flush_cancel(np_flush *f) {
+  if (f == NULL) return;
+  uv_mutex_lock(&f->lock);
+  f->cancelled = 1;
+  uv_mutex_unlock(&f->lock);
+  if (uv_cancel((uv_req_t *)&f->work) == 0) return; /* still queued: flush_after gets UV_ECANCELED */
+  for (int i = 0; i < CANCEL_TRIES; i++) {
+    uv_mutex_lock(&f->lock);
+    int done = f->state != FLUSH_RUNNING || CancelSynchronousIo(f->thread);
+    uv_mutex_unlock(&f->lock);
+    if (done) return;
+    Sleep(1);
+  }
+}
+
+/* A server end drops the client's unread bytes; a client end has nothing to do. */
+void np_platform_disconnect(uv_pipe_t *pipe) {
+  HANDLE h = pipe_handle(pipe);
+  if (h != INVALID_HANDLE_VALUE && is_server_end(h)) DisconnectNamedPipe(h);
 }
 
 /* There is no socket file to keep track of. */

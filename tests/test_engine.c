@@ -176,6 +176,105 @@ static void test_echo_flush_disconnect(void) {
   printf("ok echo_flush_disconnect\n");
 }
 
+static void on_wait_timer(uv_timer_t *t) { *(int *)t->data = 1; }
+
+/* Turns the loop for about ms milliseconds, whatever else is pending. */
+static void run_for(uv_loop_t *loop, unsigned ms) {
+  uv_timer_t t;
+  int fired = 0;
+  uv_timer_init(loop, &t);
+  t.data = &fired;
+  uv_timer_start(&t, on_wait_timer, ms, 0);
+  while (!fired) uv_run(loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static np_engine *open_pair(uv_loop_t *loop, const char *tag, np_server **s) {
+  char path[512], err[256];
+  memset(&W, 0, sizeof W);
+  uv_loop_init(loop);
+  np_engine *e = np_engine_new(loop, &EVENTS);
+  pipe_path(tag, path, sizeof path);
+  np_server_opts so = {{NP_FRAMING_MESSAGE, 1024, 1 << 20}, 0600, 16, 0};
+  CHECK(np_server_listen(e, path, &so, s, err, sizeof err) == 0);
+  CHECK(np_conn_connect(e, path, &so.conn, &W.client) == 0);
+  run_until(loop, &W.connected, 1);
+  run_until(loop, &W.accepted, 1);
+  CHECK(W.connected == 1 && W.accepted == 1);
+  return e;
+}
+
+static void close_pair(uv_loop_t *loop, np_engine *e, np_server *s) {
+  np_server_close(s);
+  np_engine_shutdown(e);
+  uv_run(loop, UV_RUN_DEFAULT);
+  np_engine_free(e);
+  CHECK(uv_loop_close(loop) == 0);
+}
+
+/* FlushFileBuffers semantics: flushed only once the client has read, and a cancelled
+ * flush (Windows: a pool thread blocked in FlushFileBuffers) reports nothing. */
+static void test_flush_waits_for_reader(void) {
+  uv_loop_t loop;
+  np_server *s = NULL;
+  np_engine *e = open_pair(&loop, "engine-flush", &s);
+  np_conn_pause(W.client);
+  CHECK(np_conn_write(W.server_side, "one", 3) == 0);
+  CHECK(np_conn_write(W.server_side, "two", 3) == 0);
+  CHECK(np_conn_flush(W.server_side) == 0);
+  run_for(&loop, 100);
+  CHECK(W.flushed == 0 && W.client_msgs == 0);
+  np_conn_resume(W.client);
+  run_until(&loop, &W.flushed, 1);
+  CHECK(W.flushed == 1 && W.client_msgs == 2);
+
+  np_conn_pause(W.client);
+  CHECK(np_conn_write(W.server_side, "three", 5) == 0);
+  CHECK(np_conn_flush(W.server_side) == 0);
+  run_for(&loop, 50);
+  np_conn_flush_cancel(W.server_side);
+  np_conn_resume(W.client);
+  run_until(&loop, &W.client_msgs, 3);
+  run_for(&loop, 50);
+  CHECK(W.flushed == 1 && W.client_msgs == 3 && W.closed_server == 0);
+
+  /* the client vanishes while a flush waits: the server end closes, no flushed event */
+  np_conn_pause(W.client);
+  CHECK(np_conn_write(W.server_side, "four", 4) == 0);
+  CHECK(np_conn_flush(W.server_side) == 0);
+  run_for(&loop, 20);
+  np_conn_disconnect(W.client, NULL, NULL);
+  run_until(&loop, &W.closed_server, 1);
+  CHECK(W.closed_server == 1 && W.flushed == 1);
+  close_pair(&loop, e, s);
+  printf("ok flush_waits_for_reader\n");
+}
+
+/* DisconnectNamedPipe drops what the client has not read; a Unix peer still reads it. */
+static void test_disconnect_drops_unread(void) {
+  uv_loop_t loop;
+  np_server *s = NULL;
+  np_engine *e = open_pair(&loop, "engine-drop", &s);
+  np_conn_pause(W.client);
+  CHECK(np_conn_write(W.server_side, "unread", 6) == 0);
+  run_for(&loop, 20);
+  np_conn_disconnect(W.server_side, NULL, NULL);
+  np_conn_resume(W.client);
+  run_until(&loop, &W.closed_client, 1);
+  CHECK(W.closed_client == 1);
+#ifdef _WIN32
+  if (W.client_msgs != 0 && under_wine())
+    printf("skip unread-data drop: Wine's DisconnectNamedPipe keeps the client's unread bytes\n");
+  else
+    CHECK(W.client_msgs == 0);
+#else
+  CHECK(W.client_msgs == 1 && strcmp(W.last_client_msg, "unread") == 0);
+#endif
+  close_pair(&loop, e, s);
+  printf("ok disconnect_drops_unread\n");
+}
+
 static void test_oversized_message(void) {
   uv_loop_t loop;
   uv_loop_init(&loop);
@@ -204,5 +303,7 @@ static void test_oversized_message(void) {
 int main(void) {
   test_echo_flush_disconnect();
   test_oversized_message();
+  test_flush_waits_for_reader();
+  test_disconnect_drops_unread();
   return failures ? 1 : 0;
 }

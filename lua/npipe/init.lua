@@ -218,7 +218,13 @@ function Conn:flush(timeout)
   local f = self._flushers
   if not f then f = {}; self._flushers = f end
   f[#f + 1] = w
-  return wait_for(w, timeout)
+  local ok, err2, code2 = wait_for(w, timeout)
+  if ok == nil and err2 == "timeout" then
+    for i = #f, 1, -1 do if f[i] == w then table.remove(f, i) end end
+    -- Nobody waits any more: on Windows this frees the thread blocked in FlushFileBuffers.
+    if #f == 0 and self._flushers == f then self._c:flush_cancel() end
+  end
+  return ok, err2, code2
 end
 
 --- TransactNamedPipe: writes one message and reads the reply. Requests from several
