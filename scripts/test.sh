@@ -58,11 +58,12 @@ if [ "${NPIPE_FUZZ_SECONDS:-30}" != 0 ]; then
   passed=$((passed + 2))
 fi
 
-echo "== Windows cross-compile (mingw-w64), and the C tests under Wine"
+echo "== Windows cross-compile (mingw-w64), and the C tests and portable specs under Wine"
 bash scripts/windows.sh
 passed=$((passed + 1))
 bash scripts/wine.sh | tee "$LOG/wine"
 passed=$((passed + $(grep -c '^wine clean' "$LOG/wine")))
+count_busted "$LOG/wine" # spec/portable_spec.lua under Wine
 
 if [ "${NPIPE_MATRIX:-1}" != 0 ]; then
   echo "== Lua 5.1, 5.2, 5.3, LuaJIT"

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Cross-compiles the C core (engine, framing, Windows platform layer and the Lua
 # binding) for Windows with mingw-w64, against Debian's libuv and Lua headers, with
-# warnings as errors, so that the Windows side cannot rot. Compile only: Debian has
-# no Windows builds of libuv and Lua to link against.
+# warnings as errors, so that the Windows side cannot rot. Compile only: scripts/wine.sh
+# links and runs them. It keeps its Windows builds of libuv and Lua in the same
+# directory, so only what this script makes is replaced, not the whole directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh gcc-mingw-w64-x86-64
 OUT=build-windows
-rm -rf "$OUT" && mkdir -p "$OUT/include/uv"
+rm -rf "$OUT/include" "$OUT"/*.o && mkdir -p "$OUT/include/uv"
 # Only the headers: /usr/include itself would bring in Linux's libc headers.
 cp /usr/include/uv.h "$OUT/include/"
 cp /usr/include/uv/*.h "$OUT/include/uv/"

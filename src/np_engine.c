@@ -193,7 +193,9 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     if (c->server) c->server->stats.bytes_in += (uint64_t)n;
     rc = np_framer_feed(&c->fr, buf->base, (size_t)n, on_frame, c);
     if (rc < 0 && c->state == C_OPEN) framing_error(c, rc);
-  } else if (n == UV_EOF) {
+  } else if (n == UV_EOF || n == UV_EPIPE) {
+    /* EPIPE: Windows reports a read on a pipe that the server ended with
+     * DisconnectNamedPipe as ERROR_PIPE_NOT_CONNECTED; it is the same end of stream. */
     rc = np_framer_finish(&c->fr, on_frame, c);
     if (c->state != C_OPEN) return;
     if (rc < 0) framing_error(c, rc);

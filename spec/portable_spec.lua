@@ -1,0 +1,537 @@
+-- The behaviour that must hold on Linux and on Windows alike. This file also runs as a
+-- Windows program under Wine (scripts/wine.sh), so it stays in one Lua process: no
+-- shell, no child processes, and not spec/helpers.lua (which runs mkdir at load).
+-- Where the platforms legitimately differ, the test branches on WINDOWS and says why.
+local npipe = require("npipe")
+local core = require("npipe.core")
+
+local WINDOWS = package.config:sub(1, 1) == "\\"
+
+local counter = 0
+local function name(tag)
+  counter = counter + 1
+  return ("portable-%s-%d-%d"):format(tag, core.pid(), counter)
+end
+
+-- Servers a test opened; closed after each test, so a failed test leaves none behind.
+local servers = {}
+local function listen(pipe, opts, handlers)
+  local server = assert(npipe.listen(pipe, opts, handlers))
+  servers[#servers + 1] = server
+  return server
+end
+
+-- Drives the loop until cond() is true or seconds pass; returns the last cond().
+local function wait_until(cond, seconds)
+  local deadline = npipe.now() + (seconds or 5)
+  while npipe.now() < deadline do
+    local v = cond()
+    if v then return v end
+    npipe.sleep(0.01)
+  end
+  return cond()
+end
+
+-- Runs fn in an npipe coroutine (as a handler would) and drives the loop until it
+-- returns; its error is raised here, not printed by the scheduler.
+local function run(fn, seconds)
+  local sched = require("npipe.sched")
+  local done, failure = false, nil
+  local report = sched.report
+  sched.report = function(what, err) failure = what .. ": " .. tostring(err) end
+  npipe.spawn(function()
+    fn()
+    done = true
+  end)
+  wait_until(function() return done or failure end, seconds or 10)
+  sched.report = report
+  if failure then error(failure, 0) end
+  assert(done, "spec body did not finish in time")
+end
+
+-- Reads bytes-framed chunks until n bytes came (chunk boundaries are arbitrary).
+local function read_bytes(c, n)
+  local got = ""
+  for _ = 1, n do -- at least one byte per chunk, so n reads are always enough
+    if #got >= n then break end
+    got = got .. assert(c:read(2))
+  end
+  return got
+end
+
+local function assert_closed(c)
+  local m, err, code = c:read(2)
+  assert.is_nil(m)
+  assert.are.equal("closed", err)
+  assert.is_string(code)
+  assert.is_false(c:is_open())
+  return code
+end
+
+local function echo_server(framing, opts, handlers)
+  local pipe = name(framing)
+  opts = opts or {}
+  opts.framing = framing
+  handlers = handlers or {}
+  handlers.data = handlers.data or function(conn, msg) assert(conn:write(msg)) end
+  return listen(pipe, opts, handlers), pipe
+end
+
+describe("portable", function()
+  after_each(function()
+    for _, s in ipairs(servers) do if s:is_open() then s:close() end end
+    servers = {}
+  end)
+
+  describe("echo", function()
+    it("echoes in message framing, including empty and 64 KiB messages", function()
+      local _, pipe = echo_server("message")
+      local c = assert(npipe.connect(pipe, { framing = "message" }))
+      for _, msg in ipairs({ "one", "", ("x"):rep(65536), "two\nlines" }) do
+        assert(c:write(msg))
+        assert.are.equal(msg, c:read(5))
+      end
+      c:disconnect()
+    end)
+
+    it("echoes in lines framing, one line per frame", function()
+      local _, pipe = echo_server("lines")
+      local c = assert(npipe.connect(pipe, { framing = "lines" }))
+      assert(c:write("first"))
+      assert.are.equal("first", c:read(2))
+      -- a written "\n" splits the frame: the server sees (and echoes) two lines
+      assert(c:write("a\nb"))
+      assert.are.equal("a", c:read(2))
+      assert.are.equal("b", c:read(2))
+      c:disconnect()
+    end)
+
+    it("echoes raw bytes in bytes framing", function()
+      local _, pipe = echo_server("bytes")
+      local c = assert(npipe.connect(pipe))
+      local msg = ("0123456789"):rep(1000)
+      assert(c:write(msg))
+      assert.are.equal(msg, read_bytes(c, #msg))
+      c:disconnect()
+    end)
+
+    it("sees a line-framed server from a bytes client as text with newlines", function()
+      local _, pipe = echo_server("lines")
+      local raw = assert(npipe.connect(pipe))
+      assert(raw:write("x\r\ny\n"))
+      assert.are.equal("x\ny\n", read_bytes(raw, 4))
+      raw:disconnect()
+    end)
+
+    it("serves several clients at once, each getting its own replies", function()
+      local server, pipe = echo_server("message")
+      local clients = {}
+      for i = 1, 5 do clients[i] = assert(npipe.connect(pipe, { framing = "message" })) end
+      for i, c in ipairs(clients) do assert(c:write("from " .. i)) end
+      for i = 5, 1, -1 do assert.are.equal("from " .. i, clients[i]:read(2)) end
+      assert.are.equal(5, server:stats().active)
+      assert.are.equal(5, #server:connections())
+      for _, c in ipairs(clients) do c:disconnect() end
+      assert.is_truthy(wait_until(function() return server:stats().active == 0 end))
+    end)
+  end)
+
+  describe("request and transact", function()
+    it("answers request handlers through transact and npipe.call", function()
+      local pipe = name("req")
+      listen(pipe, { framing = "message" }, {
+        request = function(_, msg) return "re:" .. msg end,
+      })
+      local c = assert(npipe.connect(pipe, { framing = "message" }))
+      for i = 1, 10 do assert.are.equal("re:" .. i, c:transact(tostring(i), 2)) end
+      c:disconnect()
+      assert.are.equal("re:call", npipe.call(pipe, "call", { timeout = 2 }))
+    end)
+
+    it("matches replies to concurrent transacts in order", function()
+      local pipe = name("req")
+      listen(pipe, { framing = "lines" }, { request = function(_, msg) return msg:upper() end })
+      local c = assert(npipe.connect(pipe, { framing = "lines" }))
+      local replies, finished = {}, 0
+      for i = 1, 3 do
+        npipe.spawn(function()
+          replies[i] = c:transact("word" .. i, 2)
+          finished = finished + 1
+        end)
+      end
+      assert.is_truthy(wait_until(function() return finished == 3 end))
+      assert.are.same({ "WORD1", "WORD2", "WORD3" }, replies)
+      c:disconnect()
+    end)
+
+    it("times out a transact that gets no reply, and disconnects", function()
+      local pipe = name("req")
+      listen(pipe, { framing = "message" }, { data = function() end })
+      local c = assert(npipe.connect(pipe, { framing = "message" }))
+      local t0 = npipe.now()
+      local reply, err, code = c:transact("nobody answers", 0.2)
+      assert.is_nil(reply)
+      assert.are.equal("timeout", err)
+      assert.are.equal("ETIMEDOUT", code)
+      assert.is_true(npipe.now() - t0 >= 0.15)
+      assert.are.equal("transact timed out", (c:closed_reason()))
+    end)
+  end)
+
+  describe("identity", function()
+    it("reports this process's pid and session on both ends", function()
+      local pipe = name("id")
+      local seen
+      local server = listen(pipe, { framing = "message" }, {
+        connect = function(conn)
+          seen = {
+            pid = conn:process_id(), sid = conn:session_id(), server_sid = conn:server_session_id(),
+            server_pid = conn:server_process_id(), cred = conn:credentials(),
+          }
+        end,
+      })
+      local c = assert(npipe.connect(pipe, { framing = "message" }))
+      assert.is_truthy(wait_until(function() return seen end))
+      local pid, sid = core.pid(), npipe.session_id()
+      assert.is_number(pid)
+      assert.is_number(sid)
+      assert.is_true(pid > 0)
+      -- client and server are this one process
+      assert.are.equal(pid, seen.pid)
+      assert.are.equal(pid, seen.server_pid)
+      assert.are.equal(pid, seen.cred.pid)
+      assert.are.equal(sid, seen.sid)
+      assert.are.equal(sid, seen.server_sid)
+      assert.are.equal(sid, server:session_id())
+      assert.are.equal(pid, c:process_id())
+      assert.are.equal(pid, c:server_process_id())
+      assert.are.equal(sid, c:session_id())
+      assert.are.equal(sid, c:server_session_id())
+      assert.are.equal(pid, c:server_credentials().pid)
+      if WINDOWS then
+        -- Windows identities are SIDs, not numbers: the platform layer reports -1
+        assert.are.equal(-1, seen.cred.uid)
+        assert.are.equal(-1, seen.cred.gid)
+      else
+        -- SO_PEERCRED gives real numbers; the peer is this process, so they are ours
+        assert.is_true(seen.cred.uid >= 0)
+        assert.is_true(seen.cred.gid >= 0)
+        assert.are.equal(seen.cred.uid, c:server_credentials().uid)
+      end
+      c:disconnect()
+      -- taken at connect time: still readable after the connection closed
+      assert.is_truthy(wait_until(function() return #server:connections() == 0 end))
+      assert.are.equal(pid, c:server_process_id())
+    end)
+
+    it("resolves names to the platform's kind of pipe", function()
+      local path = assert(npipe.path("some-name"))
+      if WINDOWS then
+        -- a real named pipe in the \\.\pipe\ namespace, no directory involved
+        assert.are.equal("\\\\.\\pipe\\some-name", path)
+      else
+        -- a socket file in the per-user directory
+        assert.are.equal(npipe.dir() .. "/some-name", path)
+      end
+      -- the Windows prefix names the same pipe on both
+      assert.are.equal(path, npipe.path("\\\\.\\pipe\\some-name"))
+    end)
+  end)
+
+  describe("flush and disconnect", function()
+    it("returns true from flush once the client has read what was written", function()
+      local pipe = name("flush")
+      local big = ("b"):rep(200000)
+      local flushed, flush_err
+      listen(pipe, { framing = "message" }, {
+        connect = function(conn)
+          assert(conn:write(("a"):rep(100)))
+          assert(conn:write(big))
+          flushed, flush_err = conn:flush(5)
+        end,
+      })
+      -- A client stops taking bytes off the pipe while its unread frames reach
+      -- high_water: the first frame alone does, so the second stays in the pipe.
+      local c = assert(npipe.connect(pipe, { framing = "message", high_water = 64 }))
+      -- SIOCOUTQ still counts the unread bytes (Linux), FlushFileBuffers still blocks
+      -- (Windows): the flush must still be waiting.
+      npipe.sleep(0.1)
+      assert.is_nil(flushed)
+      assert.are.equal(100, #c:read(5))
+      assert.is_truthy(wait_until(function() return flushed ~= nil end))
+      assert.is_true(flushed, flush_err)
+      assert.are.equal(big, c:read(5))
+      c:disconnect()
+    end)
+
+    it("lets the client see a server-side disconnect as closed", function()
+      local pipe = name("disc")
+      local reasons = {}
+      listen(pipe, { framing = "lines" }, {
+        data = function(conn, msg)
+          if msg == "bye" then conn:disconnect("told to go") else conn:write(msg) end
+        end,
+        disconnect = function(_, reason, code) reasons[#reasons + 1] = { reason, code } end,
+      })
+      local c = assert(npipe.connect(pipe, { framing = "lines" }))
+      assert(c:write("still here"))
+      assert.are.equal("still here", c:read(2))
+      assert(c:write("bye"))
+      local code = assert_closed(c)
+      assert.are.equal("EOF", code)
+      assert.are.same({ { "told to go", "DISCONNECTED" } }, reasons)
+      -- writing to a closed connection fails without raising
+      local ok, err, wcode = c:write("too late")
+      assert.is_nil(ok)
+      assert.matches("closed", err)
+      assert.are.equal("EPIPE", wcode)
+    end)
+
+    it("drops what the client has not read on Windows (DisconnectNamedPipe), not on Linux", function()
+      local pipe = name("drop")
+      listen(pipe, { framing = "lines" }, {
+        data = function(conn)
+          assert(conn:write("last words"))
+          conn:disconnect()
+        end,
+      })
+      local c = assert(npipe.connect(pipe, { framing = "lines" }))
+      assert(c:write("go"))
+      local first = c:read(2)
+      if WINDOWS then
+        -- the bytes were still in the pipe when the server disconnected it
+        assert.is_nil(first)
+      else
+        -- a Unix socket cannot recall bytes already sent
+        assert.are.equal("last words", first)
+        assert.is_nil(c:read(2))
+      end
+      assert.are.equal("EOF", select(2, c:closed_reason()))
+    end)
+
+    it("tells the server when the client disconnects", function()
+      local pipe = name("disc")
+      local got
+      listen(pipe, { framing = "message" }, {
+        disconnect = function(_, reason, code) got = { reason, code } end,
+      })
+      local c = assert(npipe.connect(pipe, { framing = "message" }))
+      npipe.sleep(0.05)
+      c:disconnect()
+      assert.are.same({ "disconnected by the client", "DISCONNECTED" }, { c:closed_reason() })
+      assert.is_truthy(wait_until(function() return got end))
+      assert.are.same({ "the peer closed the pipe", "EOF" }, got)
+    end)
+
+    it("ends every connection with SERVER_CLOSED on server:close()", function()
+      local server, pipe = echo_server("message")
+      local c = assert(npipe.connect(pipe, { framing = "message" }))
+      assert(c:write("ping"))
+      assert.are.equal("ping", c:read(2))
+      assert.is_true(server:close())
+      assert.is_false(server:is_open())
+      assert_closed(c)
+      local again, err, code = npipe.connect(pipe, { framing = "message" })
+      assert.is_nil(again)
+      assert.is_string(err)
+      assert.are.equal("ENOENT", code)
+    end)
+  end)
+
+  describe("max_instances", function()
+    it("serves one client and does not serve a second while the first is connected", function()
+      local connects = 0
+      local server, pipe = echo_server("message", { max_instances = 1 }, {
+        connect = function() connects = connects + 1 end,
+        -- on Linux the waiting client is accepted once the first leaves, after it
+        -- has gone itself: its echo may fail, and that is no error here
+        data = function(conn, msg) conn:write(msg) end,
+      })
+      local c1 = assert(npipe.connect(pipe, { framing = "message" }))
+      assert(c1:write("first"))
+      assert.are.equal("first", c1:read(2))
+      local c2, err, code = npipe.connect(pipe, { framing = "message" })
+      if c2 then
+        -- Linux: c2 waits in the kernel's backlog (connect succeeds, nobody serves it).
+        -- Windows: the engine cannot refuse with ERROR_PIPE_BUSY yet, so it accepts and
+        -- closes at once. Either way no echo comes back.
+        c2:write("second")
+        local reply, rerr = c2:read(0.3)
+        assert.is_nil(reply)
+        if WINDOWS then
+          assert.are.equal("closed", rerr)
+          assert.is_true(server:stats().rejected >= 1)
+        else
+          assert.are.equal("timeout", rerr)
+        end
+        c2:disconnect()
+      else
+        assert.are.equal("EAGAIN", code)
+        assert.matches("busy", err)
+      end
+      assert.are.equal(1, connects)
+      assert.are.equal(1, server:stats().active)
+      -- the first client is still served
+      assert(c1:write("again"))
+      assert.are.equal("again", c1:read(2))
+      c1:disconnect()
+      -- its slot is free again for a newcomer
+      local c3 = assert(npipe.connect(pipe, { framing = "message", timeout = 2 }))
+      assert(c3:write("third"))
+      assert.are.equal("third", c3:read(2))
+      c3:disconnect()
+    end)
+  end)
+
+  describe("errors", function()
+    it("returns nil, message, code when no server has the name", function()
+      local pipe = name("missing")
+      local c, err, code = npipe.connect(pipe)
+      assert.is_nil(c)
+      assert.is_string(err)
+      assert.matches(pipe, err, 1, true)
+      assert.are.equal("ENOENT", code)
+      local reply, cerr, ccode = npipe.call(pipe, "hello")
+      assert.is_nil(reply)
+      assert.is_string(cerr)
+      assert.are.equal("ENOENT", ccode)
+    end)
+
+    it("times out a connect that waits for a server that never comes", function()
+      local t0 = npipe.now()
+      local c, err, code = npipe.connect(name("never"), { timeout = 0.2 })
+      assert.is_nil(c)
+      assert.matches("no server answered", err)
+      assert.are.equal("ETIMEDOUT", code)
+      assert.is_true(npipe.now() - t0 >= 0.15)
+    end)
+
+    it("raises for wrong argument types and bad options", function()
+      local function handlers() return { data = function() end } end
+      assert.has_error(function() npipe.listen(42, handlers()) end)
+      assert.has_error(function() npipe.listen(name("bad"), { framing = "bogus" }, handlers()) end)
+      assert.has_error(function() npipe.listen(name("bad"), { no_such_option = 1 }, handlers()) end)
+      assert.has_error(function() npipe.listen(name("bad"), { max_message = 0 }, handlers()) end)
+      assert.has_error(function() npipe.listen(name("bad"), { framing = "lines" }) end)
+      assert.has_error(function() npipe.connect({}) end)
+      assert.has_error(function() npipe.connect("x", { timeout = -1 }) end)
+      assert.has_error(function() npipe.call("x", 42) end)
+      assert.has_error(function() npipe.sleep("soon") end)
+      assert.has_error(function() npipe.run("sometimes") end)
+      local _, pipe = echo_server("message")
+      local c = assert(npipe.connect(pipe, { framing = "message" }))
+      assert.has_error(function() c:write({}) end)
+      assert.has_error(function() c:read(-1) end)
+      -- the connection is unharmed by the calls that raised
+      assert(c:write(7))
+      assert.are.equal("7", c:read(2))
+      c:disconnect()
+    end)
+
+    it("keeps serving other clients after a handler raises", function()
+      local pipe = name("raise")
+      local errors, reasons = {}, {}
+      listen(pipe, { framing = "message" }, {
+        request = function(_, msg)
+          if msg == "boom" then error("handler blew up") end
+          return "ok:" .. msg
+        end,
+        error = function(_, err) errors[#errors + 1] = err end,
+        disconnect = function(_, reason, code) reasons[#reasons + 1] = { reason = reason, code = code } end,
+      })
+      local good = assert(npipe.connect(pipe, { framing = "message" }))
+      local bad = assert(npipe.connect(pipe, { framing = "message" }))
+      assert.are.equal("ok:1", good:transact("1", 2))
+      assert(bad:write("boom"))
+      assert_closed(bad)
+      assert.is_truthy(wait_until(function() return #errors == 1 and #reasons == 1 end))
+      assert.matches("handler blew up", errors[1])
+      assert.are.equal("EHANDLER", reasons[1].code)
+      assert.matches("^handler error: .*handler blew up", reasons[1].reason)
+      for i = 2, 4 do assert.are.equal("ok:" .. i, good:transact(tostring(i), 2)) end
+      local late = assert(npipe.connect(pipe, { framing = "message" }))
+      assert.are.equal("ok:late", late:transact("late", 2))
+      good:disconnect()
+      late:disconnect()
+    end)
+
+    it("refuses an oversized message with EMSGSIZE and keeps serving others", function()
+      local pipe = name("big")
+      local reasons = {}
+      listen(pipe, { framing = "message", max_message = 16 }, {
+        request = function(_, msg) return "ok:" .. msg end,
+        disconnect = function(_, reason, code) reasons[#reasons + 1] = { reason = reason, code = code } end,
+      })
+      local good = assert(npipe.connect(pipe, { framing = "message" }))
+      local big = assert(npipe.connect(pipe, { framing = "message" }))
+      assert.are.equal("ok:small", good:transact("small", 2))
+      assert(big:write(("z"):rep(17)))
+      assert_closed(big)
+      assert.is_truthy(wait_until(function() return #reasons == 1 end))
+      assert.are.equal("EMSGSIZE", reasons[1].code)
+      assert.matches("message too large: 17 bytes, the limit is 16", reasons[1].reason, 1, true)
+      assert.are.equal("ok:" .. ("s"):rep(16), good:transact(("s"):rep(16), 2))
+      good:disconnect()
+    end)
+
+    it("refuses an oversized line with EMSGSIZE before its newline arrives", function()
+      local pipe = name("longline")
+      local got
+      listen(pipe, { framing = "lines", max_message = 8 }, {
+        disconnect = function(_, reason, code) got = { reason = reason, code = code } end,
+      })
+      local raw = assert(npipe.connect(pipe))
+      assert(raw:write("123456789"))
+      assert.is_truthy(wait_until(function() return got end))
+      assert.are.equal("EMSGSIZE", got.code)
+      assert.matches("line too large", got.reason, 1, true)
+      assert_closed(raw)
+    end)
+  end)
+
+  describe("handlers that wait", function()
+    it("lets one connection's slow handler leave the others served", function()
+      local pipe = name("slow")
+      listen(pipe, { framing = "message" }, {
+        request = function(_, msg)
+          if msg == "slow" then npipe.sleep(0.5) end
+          return msg
+        end,
+      })
+      local slow = assert(npipe.connect(pipe, { framing = "message" }))
+      local fast = assert(npipe.connect(pipe, { framing = "message" }))
+      local slow_reply
+      npipe.spawn(function() slow_reply = slow:transact("slow", 5) end)
+      local t0 = npipe.now()
+      assert.are.equal("fast", fast:transact("fast", 2))
+      assert.is_true(npipe.now() - t0 < 0.4, "the fast client waited for the slow one")
+      assert.is_nil(slow_reply)
+      assert.are.equal("slow", wait_until(function() return slow_reply end))
+      slow:disconnect()
+      fast:disconnect()
+    end)
+
+    it("runs a per-connection function handler in its own coroutine", function()
+      local pipe = name("fn")
+      listen(pipe, { framing = "lines" }, function(conn)
+        local total = 0
+        for _ = 1, 100 do -- bounded: the client sends a few numbers, then "end"
+          local line = conn:read(2)
+          if line == nil or line == "end" then break end
+          total = total + tonumber(line)
+        end
+        conn:write("sum " .. total)
+      end)
+      run(function()
+        local c = assert(npipe.connect(pipe, { framing = "lines" }))
+        for i = 1, 10 do assert(c:write(i)) end
+        assert(c:write("end"))
+        assert.are.equal("sum 55", c:read(2))
+        -- the handler returned: the server flushed and disconnected
+        local m, err = c:read(2)
+        assert.is_nil(m)
+        assert.are.equal("closed", err)
+      end)
+    end)
+  end)
+end)
