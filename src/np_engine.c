@@ -119,12 +119,17 @@ void np_engine_shutdown(np_engine *e) {
 
 void np_engine_free(np_engine *e) { free(e); }
 
+static void release_now(np_engine *e, void **data) {
+  if (*data && e->ev.released) e->ev.released(*data);
+  *data = NULL;
+}
+
 /* The host lets go of everything now, and the close callbacks may run later, on a loop
  * the host does not run itself (or not at all), after its own memory is gone. */
 void np_engine_release(np_engine *e) {
-  for (np_conn *c = e->conns; c; c = c->next) np_conn_set_data(c, NULL);
-  for (np_conn *c = e->connecting; c; c = c->next) np_conn_set_data(c, NULL);
-  for (np_server *s = e->servers; s; s = s->next) np_server_set_data(s, NULL);
+  for (np_conn *c = e->conns; c; c = c->next) release_now(e, &c->data);
+  for (np_conn *c = e->connecting; c; c = c->next) release_now(e, &c->data);
+  for (np_server *s = e->servers; s; s = s->next) release_now(e, &s->data);
   e->ev.released = NULL;
   np_engine_shutdown(e);
   e->releasing = 1;
