@@ -2,6 +2,7 @@
  * calls of Lua functions that lua/npipe/init.lua registers with core.init, and
  * exposes servers, connections and timers as userdata. Scheduling, coroutines
  * and the public API live on the Lua side. */
+#define _GNU_SOURCE /* dladdr */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,12 @@
 
 #include "np_compat.h"
 #include "np_engine.h"
+
+#ifdef _WIN32
+#include <windows.h>
+#else
+#include <dlfcn.h>
+#endif
 
 #define CTX_KEY "npipe.ctx"
 #define SHARE_KEY "npipe.share"
@@ -709,6 +716,21 @@ static const char *share_refusal(ctx *x, const luv_head *head, lua_Integer fd, l
   return NULL;
 }
 
+/* The close callbacks that npipe leaves on luv's loop at lua_close are code of this
+ * module, and Lua 5.1 and LuaJIT unload a C module in its own finalizer, before luv's
+ * loop finalizer runs them. So once it shares a loop the module stays loaded. */
+static int pin_module(void) {
+#ifdef _WIN32
+  HMODULE m;
+  DWORD how = GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS | GET_MODULE_HANDLE_EX_FLAG_PIN;
+  return GetModuleHandleExA(how, (LPCSTR)(void *)pin_module, &m) ? 0 : -1;
+#else
+  Dl_info info;
+  if (dladdr((void *)pin_module, &info) == 0 || info.dli_fname == NULL) return -1;
+  return dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE) ? 0 : -1;
+#endif
+}
+
 /* Runs at lua_close before luv's loop finalizer: luv created its loop before npipe
  * could share it, and finalizers run newest first. luv's finalizer closes every handle
  * still open on its loop as one of its own, which npipe's are not. */
@@ -740,6 +762,7 @@ static int l_share(lua_State *L) {
     memcpy(&head, lua_touserdata(L, -1), sizeof head);
   lua_pop(L, 1);
   const char *why = share_refusal(x, &head, fd, version);
+  if (why == NULL && pin_module() != 0) why = "cannot keep npipe's module loaded";
   if (why) return push_error(L, UV_ENOTSUP, why);
   np_engine *e = np_engine_new(head.loop, &engine_events);
   if (e == NULL) return push_error(L, UV_ENOMEM, NULL);
