@@ -2,6 +2,7 @@
  * calls of Lua functions that lua/npipe/init.lua registers with core.init, and
  * exposes servers, connections and timers as userdata. Scheduling, coroutines
  * and the public API live on the Lua side. */
+#define _GNU_SOURCE /* dladdr */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +15,14 @@
 #include "np_compat.h"
 #include "np_engine.h"
 
+#ifdef _WIN32
+#include <windows.h>
+#else
+#include <dlfcn.h>
+#endif
+
 #define CTX_KEY "npipe.ctx"
+#define SHARE_KEY "npipe.share"
 #define CONN_MT "npipe.core.conn"
 #define SERVER_MT "npipe.core.server"
 #define TIMER_MT "npipe.core.timer"
@@ -26,14 +34,28 @@ enum { EV_ACCEPT, EV_FRAME, EV_CLOSED, EV_CONNECTED, EV_FLUSHED, EV_DRAINED, EV_
 static const char *const event_names[EV_COUNT] = {"accept",  "frame",   "closed", "connected",
                                                   "flushed", "drained", "timer",  "signal"};
 
+/* What luv calls its callbacks with (luv_CFpcall in luv.h). */
+typedef int (*host_pcall)(lua_State *L, int nargs, int nresults, int flags);
+
+/* A timer or signal of npipe's, listed so that closing npipe closes exactly these and
+ * never a handle of a host whose loop npipe shares. */
+typedef struct lhandle {
+  union { uv_handle_t handle; uv_timer_t timer; uv_signal_t signal; } u;
+  struct lhandle *prev, *next;
+} lhandle;
+
 typedef struct ctx {
-  uv_loop_t loop;
+  uv_loop_t own;    /* npipe's own loop; closed once npipe shares luv's */
+  uv_loop_t *loop;  /* where npipe's handles live: &own, or luv's loop */
   np_engine *engine;
   lua_State *L;     /* the running thread that may receive events now */
   int refs[EV_COUNT];
   int objects;      /* weak table: box address -> userdata, for timers and signals */
   int bound;        /* weak table: box address -> the Lua table that stands for it */
   int closed;
+  int shared;
+  host_pcall pcall; /* on luv's loop: luv's way of calling back into Lua */
+  lhandle *handles;
 } ctx;
 
 typedef struct box {
@@ -113,8 +135,16 @@ static int event_begin(ctx *x, int ev, box *b) {
   return 0;
 }
 
+#define LUVF_CALLBACK_NOEXIT 0x01 /* luv.h */
+
 static void event_call(ctx *x, int ev, int nargs) {
   lua_State *L = x->L;
+  /* Through luv's caller, npipe's callbacks are luv callbacks to the host: Neovim, for
+   * one, then forbids its API in them (a fast event), as it does for vim.loop's. */
+  if (x->pcall) {
+    x->pcall(L, nargs + 1, 0, LUVF_CALLBACK_NOEXIT);
+    return;
+  }
   if (lua_pcall(L, nargs + 1, 0, 0) != 0) {
     fprintf(stderr, "npipe: internal error in %s event: %s\n", event_names[ev], lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -323,13 +353,16 @@ static int l_run(lua_State *L) {
   ctx *x = get_ctx(L);
   int mode = luaL_checkoption(L, 1, "default", modes);
   int alive;
-  WITH_THREAD(x, L, alive = uv_run(&x->loop, uv_modes[mode]));
+  if (x->shared) return luaL_error(L, "npipe: the loop is luv's; only its owner may run it");
+  WITH_THREAD(x, L, alive = uv_run(x->loop, uv_modes[mode]));
   lua_pushboolean(L, alive);
   return 1;
 }
 
 static int l_stop(lua_State *L) {
-  uv_stop(&get_ctx(L)->loop);
+  ctx *x = get_ctx(L);
+  if (x->shared) return luaL_error(L, "npipe: the loop is luv's; only its owner may stop it");
+  uv_stop(x->loop);
   return 0;
 }
 
@@ -349,12 +382,12 @@ static int l_pid(lua_State *L) {
 }
 
 static int l_backend_fd(lua_State *L) {
-  lua_pushinteger(L, uv_backend_fd(&get_ctx(L)->loop));
+  lua_pushinteger(L, uv_backend_fd(get_ctx(L)->loop));
   return 1;
 }
 
 static int l_backend_timeout(lua_State *L) {
-  lua_pushinteger(L, uv_backend_timeout(&get_ctx(L)->loop));
+  lua_pushinteger(L, uv_backend_timeout(get_ctx(L)->loop));
   return 1;
 }
 
@@ -507,12 +540,34 @@ static void on_timer(uv_timer_t *t) {
   if (b && ready(b->x, b)) dispatch0(b->x, EV_TIMER, b);
 }
 
+static lhandle *lhandle_new(lua_State *L, ctx *x) {
+  lhandle *h = malloc(sizeof *h);
+  if (h == NULL) luaL_error(L, "out of memory");
+  h->u.handle.data = NULL; /* libuv leaves data alone */
+  h->prev = NULL;
+  h->next = x->handles;
+  if (x->handles) x->handles->prev = h;
+  x->handles = h;
+  return h;
+}
+
+static void free_handle(uv_handle_t *h) { free(h); } /* the lhandle: u is its first member */
+
+static void lhandle_close(ctx *x, lhandle *h) {
+  box *b = h->u.handle.data;
+  if (b) b->p = NULL;
+  h->u.handle.data = NULL;
+  if (h->prev) h->prev->next = h->next;
+  else x->handles = h->next;
+  if (h->next) h->next->prev = h->prev;
+  uv_close(&h->u.handle, free_handle);
+}
+
 static int l_timer(lua_State *L) {
   ctx *x = get_ctx(L);
-  uv_timer_t *t = malloc(sizeof *t);
-  if (t == NULL) return luaL_error(L, "out of memory");
-  uv_timer_init(&x->loop, t);
-  t->data = new_box(L, x, t, TIMER_MT);
+  lhandle *h = lhandle_new(L, x);
+  uv_timer_init(x->loop, &h->u.timer);
+  h->u.timer.data = new_box(L, x, h, TIMER_MT);
   return 1;
 }
 
@@ -533,16 +588,9 @@ static int timer_stop(lua_State *L) {
   return 0;
 }
 
-static void free_handle(uv_handle_t *h) { free(h); }
-
 static int timer_close(lua_State *L) {
   box *b = luaL_checkudata(L, 1, TIMER_MT);
-  if (b->p) {
-    uv_timer_t *t = b->p;
-    t->data = NULL;
-    b->p = NULL;
-    if (!b->x->closed) uv_close((uv_handle_t *)t, free_handle);
-  }
+  if (b->p) lhandle_close(b->x, b->p);
   return 0;
 }
 
@@ -559,49 +607,47 @@ static int l_signal(lua_State *L) {
   static const int numbers[] = {SIGINT, SIGTERM, SIGHUP};
   ctx *x = get_ctx(L);
   int which = luaL_checkoption(L, 1, NULL, names);
-  uv_signal_t *h = malloc(sizeof *h);
-  if (h == NULL) return luaL_error(L, "out of memory");
-  uv_signal_init(&x->loop, h);
-  h->data = new_box(L, x, h, SIGNAL_MT);
-  int rc = uv_signal_start(h, on_signal, numbers[which]);
+  lhandle *h = lhandle_new(L, x);
+  uv_signal_init(x->loop, &h->u.signal);
+  h->u.signal.data = new_box(L, x, h, SIGNAL_MT);
+  int rc = uv_signal_start(&h->u.signal, on_signal, numbers[which]);
   if (rc < 0) return luaL_error(L, "cannot watch %s: %s", names[which], uv_strerror(rc));
-  uv_unref((uv_handle_t *)h); /* watching a signal alone does not keep npipe.run() going */
+  uv_unref(&h->u.handle); /* watching a signal alone does not keep npipe.run() going */
   return 1;
 }
 
 static int signal_close(lua_State *L) {
   box *b = luaL_checkudata(L, 1, SIGNAL_MT);
-  if (b->p) {
-    uv_signal_t *h = b->p;
-    h->data = NULL;
-    b->p = NULL;
-    if (!b->x->closed) uv_close((uv_handle_t *)h, free_handle);
-  }
+  if (b->p) lhandle_close(b->x, b->p);
   return 0;
 }
 
 /* ---- state lifetime ---- */
 
-static void close_leftover(uv_handle_t *h, void *arg) {
-  (void)arg;
-  if (uv_is_closing(h)) return;
-  if (h->type == UV_TIMER || h->type == UV_SIGNAL) {
-    box *b = h->data;
-    if (b) b->p = NULL;
-    uv_close(h, free_handle);
-  }
+/* On luv's loop: close what is npipe's and leave the rest to whoever runs the loop
+ * (luv's own finalizer, Neovim, or nobody at exit). The close callbacks touch only
+ * malloc'd memory, which they free, never the Lua state that is going away. */
+static void let_go_of_host_loop(ctx *x) {
+  x->closed = 1;
+  np_engine_release(x->engine);
+  x->engine = NULL;
+  while (x->handles) lhandle_close(x, x->handles);
 }
 
 /* lua_close: finalizers run newest first, so by now every object has been let go. */
 static int ctx_gc(lua_State *L) {
   ctx *x = lua_touserdata(L, 1);
   if (x->closed) return 0;
+  if (x->shared) {
+    let_go_of_host_loop(x);
+    return 0;
+  }
   x->closed = 1;
   np_engine_shutdown(x->engine);
-  uv_walk(&x->loop, close_leftover, NULL);
-  uv_run(&x->loop, UV_RUN_DEFAULT);
+  while (x->handles) lhandle_close(x, x->handles);
+  uv_run(&x->own, UV_RUN_DEFAULT);
   np_engine_free(x->engine);
-  uv_loop_close(&x->loop);
+  uv_loop_close(&x->own);
   return 0;
 }
 
@@ -630,8 +676,9 @@ static void create_ctx(lua_State *L) {
   ctx *x = lua_newuserdata(L, sizeof *x);
   memset(x, 0, sizeof *x);
   for (int i = 0; i < EV_COUNT; i++) x->refs[i] = LUA_NOREF;
-  if (uv_loop_init(&x->loop) != 0) luaL_error(L, "npipe: cannot create an event loop");
-  x->engine = np_engine_new(&x->loop, &engine_events);
+  x->loop = &x->own;
+  if (uv_loop_init(&x->own) != 0) luaL_error(L, "npipe: cannot create an event loop");
+  x->engine = np_engine_new(&x->own, &engine_events);
   if (x->engine == NULL) luaL_error(L, "npipe: out of memory");
   lua_newtable(L); /* metatable of the ctx */
   lua_pushcfunction(L, ctx_gc);
@@ -640,6 +687,101 @@ static void create_ctx(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, CTX_KEY);
   x->objects = weak_table(L);
   x->bound = weak_table(L);
+}
+
+/* ---- sharing luv's loop ---- */
+
+/* The head of luv's luv_ctx_t (luv.h; as in Debian's luv 1.44.2 build), which luv keeps as a
+ * userdata in the registry under "luv_context". */
+typedef struct luv_head {
+  uv_loop_t *loop;
+  lua_State *L; /* the thread luv calls back on */
+  host_pcall pcall;
+} luv_head;
+
+static void count_open(uv_handle_t *h, void *arg) {
+  if (!uv_is_closing(h)) ++*(int *)arg;
+}
+
+/* Why npipe cannot move to the loop in head, or NULL. luv hands out the pointer on
+ * trust, so it is checked against what luv's Lua side says about its loop. */
+static const char *share_refusal(ctx *x, const luv_head *head, lua_Integer fd, lua_Integer version) {
+  if (head->loop == NULL || head->pcall == NULL) return "luv has no loop in this Lua state";
+  /* another libuv version may lay out uv_loop_t differently */
+  if (version != (lua_Integer)uv_version()) return "luv runs another libuv version than npipe";
+  if (uv_backend_fd(head->loop) != fd) return "luv's context does not describe the loop luv runs";
+  /* Two copies of one libuv version (a host that links it statically) keep separate
+   * process-wide state, such as the signal pipe. The threadpool callback inside the
+   * loop is libuv-internal code: the same address means the same copy. */
+  if (head->loop->wq_async.async_cb != x->own.wq_async.async_cb)
+    return "luv uses another copy of libuv than npipe (linked statically?)";
+  int open = 0;
+  uv_walk(&x->own, count_open, &open);
+  if (open > 1) /* the engine's flush timer is always there */
+    return "npipe already has servers, connections, timers or signals on its own loop";
+  return NULL;
+}
+
+/* The close callbacks that npipe leaves on luv's loop at lua_close are code of this
+ * module, and Lua 5.1 and LuaJIT unload a C module in its own finalizer, before luv's
+ * loop finalizer runs them. So once it shares a loop the module stays loaded. */
+static int pin_module(void) {
+#ifdef _WIN32
+  HMODULE m;
+  DWORD how = GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS | GET_MODULE_HANDLE_EX_FLAG_PIN;
+  return GetModuleHandleExA(how, (LPCSTR)(void *)pin_module, &m) ? 0 : -1;
+#else
+  Dl_info info;
+  if (dladdr((void *)pin_module, &info) == 0 || info.dli_fname == NULL) return -1;
+  return dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE) ? 0 : -1;
+#endif
+}
+
+/* Runs at lua_close before luv's loop finalizer: luv created its loop before npipe
+ * could share it, and finalizers run newest first. luv's finalizer closes every handle
+ * still open on its loop as one of its own, which npipe's are not. */
+static int share_gc(lua_State *L) {
+  ctx *x = *(ctx **)lua_touserdata(L, 1);
+  if (x->shared && !x->closed) let_go_of_host_loop(x);
+  return 0;
+}
+
+static void keep_share_guard(lua_State *L, ctx *x) {
+  ctx **g = lua_newuserdata(L, sizeof *g);
+  *g = x;
+  lua_newtable(L);
+  lua_pushcfunction(L, share_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, SHARE_KEY);
+}
+
+/* core.share(fd, version): moves npipe onto luv's loop. fd and version are luv's
+ * uv.backend_fd() and uv.version(). true, or nil, message, code. */
+static int l_share(lua_State *L) {
+  ctx *x = get_ctx(L);
+  lua_Integer fd = luaL_checkinteger(L, 1), version = luaL_checkinteger(L, 2);
+  if (x->shared) return push_error(L, UV_EBUSY, "npipe already runs on luv's loop");
+  lua_getfield(L, LUA_REGISTRYINDEX, "luv_context");
+  luv_head head = {0};
+  if (lua_type(L, -1) == LUA_TUSERDATA && lua_rawlen(L, -1) >= sizeof head)
+    memcpy(&head, lua_touserdata(L, -1), sizeof head);
+  lua_pop(L, 1);
+  const char *why = share_refusal(x, &head, fd, version);
+  if (why == NULL && pin_module() != 0) why = "cannot keep npipe's module loaded";
+  if (why) return push_error(L, UV_ENOTSUP, why);
+  np_engine *e = np_engine_new(head.loop, &engine_events);
+  if (e == NULL) return push_error(L, UV_ENOMEM, NULL);
+  keep_share_guard(L, x);
+  np_engine_release(x->engine); /* its handles are closing: let the own loop call back */
+  for (int i = 0; i < 16 && uv_loop_close(&x->own) == UV_EBUSY; i++) uv_run(&x->own, UV_RUN_NOWAIT);
+  x->engine = e;
+  x->loop = head.loop;
+  x->L = head.L;
+  x->pcall = head.pcall;
+  x->shared = 1;
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 static const luaL_Reg server_methods[] = {
@@ -663,7 +805,8 @@ static const luaL_Reg module_functions[] = {
     {"now", l_now},             {"timer", l_timer},       {"session_id", l_session_id},
     {"pid", l_pid},             {"backend_fd", l_backend_fd},
     {"backend_timeout", l_backend_timeout}, {"open_fd", l_open_fd}, {"probe", l_probe},
-    {"scandir", l_scandir},     {"signal", l_signal},     {NULL, NULL}};
+    {"scandir", l_scandir},     {"signal", l_signal},     {"share", l_share},
+    {NULL, NULL}};
 
 int luaopen_npipe_core(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, CTX_KEY);

@@ -18,6 +18,7 @@ static inline void luaL_setmetatable(lua_State *L, const char *tname) {
   lua_setmetatable(L, -2);
 }
 #endif
+#define lua_rawlen(L, idx) lua_objlen(L, idx)
 static inline void lua_rawgetp(lua_State *L, int idx, const void *p) {
   if (idx < 0 && idx > LUA_REGISTRYINDEX) idx--; /* the key is pushed first */
   lua_pushlightuserdata(L, (void *)p);

@@ -15,11 +15,14 @@ struct np_engine {
   uv_loop_t *loop;
   np_events ev;
   np_server *servers;
-  np_conn *conns;
+  np_conn *conns;      /* open connections */
+  np_conn *connecting; /* clients whose connect has not finished */
   np_conn *flushing;
   uv_timer_t flush_timer;
   int flush_timer_on;
   uint64_t next_id;
+  unsigned handles; /* libuv handles not yet called back after close */
+  int releasing;    /* np_engine_release: free at the last close callback */
   char readbuf[READ_BUFFER_SIZE];
 };
 
@@ -90,6 +93,8 @@ np_engine *np_engine_new(uv_loop_t *loop, const np_events *events) {
   e->ev = *events;
   e->next_id = 1;
   uv_timer_init(loop, &e->flush_timer);
+  e->flush_timer.data = e;
+  e->handles = 1;
   np_platform_init();
   return e;
 }
@@ -99,13 +104,39 @@ uv_loop_t *np_engine_loop(np_engine *e) { return e->loop; }
 static void conn_end(np_conn *c, const char *code, const char *reason, int notify);
 static void server_conn_gone(np_server *s);
 
+/* A handle of e has been called back after uv_close: a released engine goes with its last. */
+static void handle_gone(np_engine *e) {
+  if (--e->handles == 0 && e->releasing) free(e);
+}
+
+static void on_flush_timer_closed(uv_handle_t *h) { handle_gone(h->data); }
+
 void np_engine_shutdown(np_engine *e) {
   while (e->servers) np_server_close(e->servers);
   while (e->conns) conn_end(e->conns, "SHUTDOWN", "engine shut down", 0);
-  if (!uv_is_closing((uv_handle_t *)&e->flush_timer)) uv_close((uv_handle_t *)&e->flush_timer, NULL);
+  while (e->connecting) conn_end(e->connecting, "SHUTDOWN", "engine shut down", 0);
+  if (!uv_is_closing((uv_handle_t *)&e->flush_timer))
+    uv_close((uv_handle_t *)&e->flush_timer, on_flush_timer_closed);
 }
 
 void np_engine_free(np_engine *e) { free(e); }
+
+static void release_now(np_engine *e, void **data) {
+  if (*data && e->ev.released) e->ev.released(*data);
+  *data = NULL;
+}
+
+/* The host lets go of everything now, and the close callbacks may run later, on a loop
+ * the host does not run itself (or not at all), after its own memory is gone. */
+void np_engine_release(np_engine *e) {
+  for (np_conn *c = e->conns; c; c = c->next) release_now(e, &c->data);
+  for (np_conn *c = e->connecting; c; c = c->next) release_now(e, &c->data);
+  for (np_server *s = e->servers; s; s = s->next) release_now(e, &s->data);
+  e->ev.released = NULL;
+  np_engine_shutdown(e);
+  e->releasing = 1;
+  if (e->handles == 0) free(e);
+}
 
 /* ---- connections ---- */
 
@@ -120,14 +151,17 @@ static np_conn *conn_new(np_engine *e, const np_conn_opts *opts) {
   np_framer_init(&c->fr, opts->framing, opts->max_message);
   uv_pipe_init(e->loop, &c->pipe, 0);
   c->pipe.data = c;
+  e->handles++;
   return c;
 }
 
 static void on_conn_closed(uv_handle_t *h) {
   np_conn *c = h->data;
-  if (c->data && c->e->ev.released) c->e->ev.released(c->data);
+  np_engine *e = c->e;
+  if (c->data && e->ev.released) e->ev.released(c->data);
   np_framer_free(&c->fr);
   free(c);
+  handle_gone(e);
 }
 
 static void flush_forget(np_conn *c) {
@@ -146,7 +180,8 @@ static void conn_end(np_conn *c, const char *code, const char *reason, int notif
   int was_open = c->state == C_OPEN;
   c->state = C_CLOSED;
   flush_forget(c);
-  LIST_DEL(c->e->conns, c);
+  if (was_open) LIST_DEL(c->e->conns, c);
+  else LIST_DEL(c->e->connecting, c);
   if (c->server && was_open) server_conn_gone(c->server);
   if (was_open && notify && c->e->ev.closed) c->e->ev.closed(c, code, reason);
   uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
@@ -434,6 +469,7 @@ static void on_connect(uv_connect_t *req, int status) {
   np_conn *c = req->handle->data;
   free(req);
   if (c->state == C_CLOSED) return; /* given up while connecting */
+  LIST_DEL(c->e->connecting, c);
   if (status == 0) status = conn_open(c);
   if (status < 0) {
     c->state = C_CLOSED;
@@ -452,6 +488,7 @@ int np_conn_connect(np_engine *e, const char *path, const np_conn_opts *opts, np
     return UV_ENOMEM;
   }
   c->state = C_CONNECTING;
+  LIST_ADD(e->connecting, c);
   uv_pipe_connect(req, &c->pipe, path, on_connect);
   *out = c;
   return 0;
@@ -484,9 +521,19 @@ static void server_free(np_server *s) {
 }
 
 static void on_listener_closed(uv_handle_t *h) {
-  np_server *s = h->data; /* NULL when the listener closed only to pause */
+  np_server *s = h->data;
+  np_engine *e = s->e;
   free(h);
-  if (s) server_free(s);
+  server_free(s);
+  handle_gone(e);
+}
+
+/* A listener that closed without its server (paused, or failed to resume): its data
+ * is the engine, since the server may be gone by the time libuv calls back. */
+static void on_spare_listener_closed(uv_handle_t *h) {
+  np_engine *e = h->data;
+  free(h);
+  handle_gone(e);
 }
 
 static void on_connection(uv_stream_t *ls, int status);
@@ -496,6 +543,7 @@ static uv_pipe_t *listener_new(np_server *s) {
   if (lp == NULL) return NULL;
   uv_pipe_init(s->e->loop, lp, 0);
   lp->data = s;
+  s->e->handles++;
   return lp;
 }
 
@@ -504,8 +552,8 @@ static uv_pipe_t *listener_new(np_server *s) {
 static void pause_accepting(np_server *s) {
   int kept;
   if (s->listener == NULL || np_platform_listener_detach(s->listener, &kept) != 0) return;
-  s->listener->data = NULL;
-  uv_close((uv_handle_t *)s->listener, on_listener_closed);
+  s->listener->data = s->e;
+  uv_close((uv_handle_t *)s->listener, on_spare_listener_closed);
   s->listener = NULL;
   s->kept = kept;
 }
@@ -516,7 +564,8 @@ static void resume_accepting(np_server *s) {
   if (lp == NULL) return;
   if (np_platform_listener_attach(lp, s->kept) != 0 ||
       uv_listen((uv_stream_t *)lp, s->opts.backlog, on_connection) != 0) {
-    uv_close((uv_handle_t *)lp, on_listener_closed);
+    lp->data = s->e;
+    uv_close((uv_handle_t *)lp, on_spare_listener_closed);
     return; /* the socket stays paused; closing the server releases it */
   }
   s->listener = lp;
@@ -529,7 +578,7 @@ static int at_capacity(const np_server *s) {
 
 static void on_connection(uv_stream_t *ls, int status) {
   np_server *s = ls->data;
-  if (s == NULL || status < 0) return; /* e.g. EMFILE: the client stays in the backlog */
+  if (status < 0) return; /* e.g. EMFILE: the client stays in the backlog */
   np_conn *c = conn_new(s->e, &s->opts.conn);
   if (c == NULL) return;
   if (uv_accept(ls, (uv_stream_t *)&c->pipe) != 0) {

@@ -55,6 +55,10 @@ np_engine *np_engine_new(uv_loop_t *loop, const np_events *events);
  * afterwards until it has nothing left, then call np_engine_free. */
 void np_engine_shutdown(np_engine *e);
 void np_engine_free(np_engine *e);
+/* For a loop that belongs to someone else: calls released for every server and
+ * connection now, closes them without any further event, and frees the engine when
+ * libuv has called back for the last of its handles, whoever runs the loop then. */
+void np_engine_release(np_engine *e);
 uv_loop_t *np_engine_loop(np_engine *e);
 
 int np_server_listen(np_engine *e, const char *path, const np_server_opts *opts, np_server **out,

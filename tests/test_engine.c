@@ -306,10 +306,75 @@ static void test_oversized_message(void) {
   printf("ok oversized_message\n");
 }
 
+/* Runs the loop until it has nothing left, for a bounded number of turns. */
+static int run_out(uv_loop_t *loop) {
+  for (int i = 0; i < 200 && uv_loop_alive(loop); i++) uv_run(loop, UV_RUN_NOWAIT);
+  return !uv_loop_alive(loop);
+}
+
+/* A client given up while connecting must not take the open connections out of the
+ * engine's list: shutdown has to close them all. */
+static void test_give_up_connecting(void) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  memset(&W, 0, sizeof W);
+  np_engine *e = np_engine_new(&loop, &EVENTS);
+  char path[512], err[256];
+  pipe_path("engine-giveup", path, sizeof path);
+  np_server_opts so = {{NP_FRAMING_LINES, 1024, 1 << 20}, 0600, 16, 0};
+  np_server *s = NULL;
+  CHECK(np_server_listen(e, path, &so, &s, err, sizeof err) == 0);
+  np_conn_opts co = {NP_FRAMING_LINES, 1024, 1 << 20};
+  CHECK(np_conn_connect(e, path, &co, &W.client) == 0);
+  run_until(&loop, &W.accepted, 1);
+  np_conn *late = NULL;
+  CHECK(np_conn_connect(e, path, &co, &late) == 0);
+  np_conn_disconnect(late, "ECANCELED", "given up"); /* before its connect finished */
+  np_server_close(s);
+  np_engine_shutdown(e);
+  CHECK(run_out(&loop));
+  np_engine_free(e);
+  CHECK(uv_loop_close(&loop) == 0);
+  printf("ok give_up_connecting\n");
+}
+
+/* np_engine_release: released for every object at once, no event after the call, and
+ * the engine frees itself (valgrind checks) once the loop, run later by someone else,
+ * has called back for every handle. */
+static void test_release(void) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  memset(&W, 0, sizeof W);
+  np_engine *e = np_engine_new(&loop, &EVENTS);
+  char path[512], err[256];
+  pipe_path("engine-release", path, sizeof path);
+  np_server_opts so = {{NP_FRAMING_LINES, 1024, 1 << 20}, 0600, 16, 0};
+  np_server *s = NULL;
+  CHECK(np_server_listen(e, path, &so, &s, err, sizeof err) == 0);
+  np_conn_opts co = {NP_FRAMING_LINES, 1024, 1 << 20};
+  CHECK(np_conn_connect(e, path, &co, &W.client) == 0);
+  run_until(&loop, &W.accepted, 1);
+  np_conn_set_data(W.client, &W);
+  np_server_set_data(s, &W);
+  np_conn *connecting = NULL;
+  CHECK(np_conn_connect(e, path, &co, &connecting) == 0);
+  np_conn_set_data(connecting, &W);
+  CHECK(np_conn_write(W.client, "unsent", 6) == 0);
+  int released = W.released, closed = W.closed_client + W.closed_server;
+  np_engine_release(e);
+  CHECK(W.released == released + 4); /* server, its connection, client, connecting client */
+  CHECK(run_out(&loop));
+  CHECK(W.released == released + 4 && W.closed_client + W.closed_server == closed && W.connected == 1);
+  CHECK(uv_loop_close(&loop) == 0);
+  printf("ok release\n");
+}
+
 int main(void) {
   test_echo_flush_disconnect();
   test_oversized_message();
   test_flush_waits_for_reader();
   test_disconnect_drops_unread();
+  test_give_up_connecting();
+  test_release();
   return failures ? 1 : 0;
 }

@@ -740,7 +740,10 @@ core.init(events)
 
 --- Runs the loop until nothing is left to do or npipe.stop() is called.
 function npipe.run(mode) return sched.run(mode) end
-function npipe.stop() core.stop() end
+function npipe.stop()
+  if sched.on_host_loop then error("npipe.stop: npipe runs on the host's luv loop; the host stops it", 2) end
+  core.stop()
+end
 npipe.spawn = sched.spawn
 npipe.sleep = function(seconds)
   check_timeout("sleep", 1, seconds)
@@ -750,14 +753,17 @@ npipe.now = core.now
 npipe.backend_fd = core.backend_fd
 npipe.backend_timeout = core.backend_timeout
 
---- Lets a luv loop (luv, Neovim's vim.loop, Luvit) drive npipe: npipe's loop is a
--- file descriptor that the host polls, plus a host timer for npipe's own timers. After
--- this, handlers run from the host loop's callbacks; npipe.run() is not needed.
--- Returns a function that detaches.
-function npipe.attach(uv)
-  check_type("attach", 1, uv, "table")
-  local poll = uv.new_poll(core.backend_fd())
-  local timer = uv.new_timer()
+local polls = 0 -- luv loops polling npipe's (at most one: luv polls a descriptor once)
+
+-- A luv loop drives npipe's: npipe's loop is a file descriptor that the host polls, a
+-- host timer wakes it for npipe's own timers, and a prepare handle gives it a turn
+-- before the host blocks. That turn is what registers with npipe's loop the servers
+-- and connections made since its last turn: until then their sockets are not in
+-- the file descriptor's set and could not wake the host.
+local function attach_polled(uv)
+  if polls > 0 then return nil, "npipe's loop is already attached by polling", "EBUSY" end
+  local poll = assert(uv.new_poll(core.backend_fd()))
+  local timer, prepare = uv.new_timer(), uv.new_prepare()
   local step
   -- Wakes npipe when its next timer is due. Only while npipe's loop has something
   -- alive: an empty loop reports a timeout of 0, and a 0 ms host timer that re-arms
@@ -767,17 +773,68 @@ function npipe.attach(uv)
     local ms = core.backend_timeout()
     if alive and ms >= 0 then timer:start(math.max(ms, 1), 0, step) end
   end
-  step = function() arm(sched.run("nowait")) end
-  poll:start("r", step)
-  sched.on_arm = function() arm(true) end
-  step()
-  return function()
-    if sched.on_arm == arm then sched.on_arm = nil end
-    poll:stop()
-    timer:stop()
-    poll:close()
-    timer:close()
+  step = function()
+    -- a host loop run from inside an npipe handler (Neovim can) must not run npipe's again
+    if not sched.busy() then arm(sched.run("nowait")) end
   end
+  poll:start("r", step)
+  prepare:start(step)
+  polls = polls + 1
+  local attached = true
+  return function()
+    if not attached then return end
+    attached = false
+    polls = polls - 1
+    for _, h in ipairs({ poll, timer, prepare }) do
+      h:stop()
+      h:close()
+    end
+  end
+end
+
+-- npipe's handles move onto luv's own loop. nil and why when that cannot be.
+local function share(uv)
+  if sched.busy() then return nil, "npipe's own loop is running (attach from top-level code)" end
+  if polls > 0 then return nil, "npipe's loop is already attached by polling (detach it first)" end
+  local ok, why = core.share(uv.backend_fd(), uv.version())
+  if not ok then return nil, why end
+  sched.on_host_loop = true
+  return true
+end
+
+local function nothing() end
+
+--- Lets a luv loop (luv, Neovim's vim.loop, Luvit) run npipe. Returns detach, mode, why.
+-- With opts.share, npipe's servers, connections and timers go onto luv's own loop
+-- (mode "shared"; detach then does nothing). Otherwise, or when sharing is refused (why
+-- says why), luv polls npipe's loop (mode "polled") until detach() is called.
+function npipe.attach(uv, opts)
+  check_type("attach", 1, uv, "table")
+  check_type("attach", 2, opts, "table", true)
+  for k in pairs(opts or {}) do
+    if k ~= "share" then error(("attach: unknown option '%s'"):format(tostring(k)), 2) end
+  end
+  if sched.on_host_loop then
+    -- polling a loop from inside itself would spin: a second attach gets the first one
+    if uv.backend_fd() == core.backend_fd() then return nothing, "shared" end
+    return nil, "npipe already runs on another luv loop", "EBUSY"
+  end
+  local why
+  if opts and opts.share then
+    local ok
+    ok, why = share(uv)
+    if ok then return nothing, "shared" end
+  end
+  local detach, err, code = attach_polled(uv)
+  if not detach then return nil, err, code end
+  return detach, "polled", why
+end
+
+--- How npipe's loop runs now: "shared" (on luv's loop), "polled" (a luv loop polls
+-- npipe's own) or "own".
+function npipe.loop_mode()
+  if sched.on_host_loop then return "shared" end
+  return polls > 0 and "polled" or "own"
 end
 
 --- What a pipe name resolves to (a socket path on Unix).

@@ -189,7 +189,15 @@ function sched.wake(w, ...)
 end
 local wake = sched.wake
 
+-- True once npipe's handles live on a host's luv loop (npipe.attach with share): the
+-- host runs that loop, and libuv forbids running a loop from inside its callbacks,
+-- which is where anything but the host's main code runs.
+sched.on_host_loop = false
+local HOST_LOOP_WAIT = "npipe: cannot wait here: npipe runs on the host's luv loop, which only the host may run;"
+  .. " wait inside a handler or npipe.spawn"
+
 local function drive(w)
+  if sched.on_host_loop then error(HOST_LOOP_WAIT, 3) end
   if in_loop > 0 then
     error("npipe: cannot wait here while the loop runs; wait inside a handler or npipe.spawn", 3)
   end
@@ -228,9 +236,6 @@ local wait = sched.wait
 ---- timers ----
 
 local timer_fn = {}
--- Called after npipe starts a timer, so that a host loop driving npipe (npipe.attach)
--- can wake it in time; nil when npipe runs its own loop.
-sched.on_arm = nil
 
 function sched.on_timer(t)
   local fn = timer_fn[t]
@@ -249,7 +254,6 @@ function sched.after(seconds, fn)
   end
   timer_fn[t] = function() cancel(); fn() end
   t:start(seconds * 1000)
-  if sched.on_arm then sched.on_arm() end
   return cancel
 end
 
@@ -267,7 +271,6 @@ function sched.every(seconds, fn)
   local t = core.timer()
   timer_fn[t] = fn
   t:start(seconds * 1000, seconds * 1000)
-  if sched.on_arm then sched.on_arm() end
   return function()
     if timer_fn[t] then
       timer_fn[t] = nil
@@ -297,6 +300,7 @@ function sched.spawn(fn, ...)
 end
 
 function sched.run(mode)
+  if sched.on_host_loop then error("npipe.run: npipe runs on the host's luv loop; the host runs it", 2) end
   if current then error("npipe.run: cannot run the loop from inside a handler", 2) end
   if in_loop > 0 then error("npipe.run: the loop is already running", 2) end
   in_loop = in_loop + 1
@@ -307,5 +311,8 @@ function sched.run(mode)
   if not ok then error(alive, 0) end
   return alive
 end
+
+-- Whether npipe's own loop is being run now (npipe.run, a wait) or a job is running.
+function sched.busy() return in_loop > 0 or current ~= nil end
 
 return sched
