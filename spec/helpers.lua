@@ -6,7 +6,8 @@ local helpers = {}
 helpers.lua = os.getenv("NPIPE_LUA") or "lua5.4"
 helpers.root = os.getenv("NPIPE_ROOT") or "."
 helpers.tmp = os.getenv("NPIPE_SPEC_TMP") or ("/tmp/npipe-spec-" .. require("npipe.core").pid())
-os.execute("mkdir -p " .. helpers.tmp)
+-- Not on Windows, where spec/portable_spec.lua loads this file under Wine without a shell.
+if package.config:sub(1, 1) == "/" then os.execute("mkdir -p " .. helpers.tmp) end
 
 local counter = 0
 function helpers.name(tag)

@@ -1,52 +1,17 @@
 -- The behaviour that must hold on Linux and on Windows alike. This file also runs as a
--- Windows program under Wine (scripts/wine.sh), so it stays in one Lua process: no
--- shell, no child processes, and not spec/helpers.lua (which runs mkdir at load).
+-- Windows program under Wine (scripts/wine.sh), so it stays in one Lua process with no
+-- shell and no child processes, and takes from spec/helpers.lua only what needs neither.
 -- Where the platforms legitimately differ, the test branches on WINDOWS and says why.
 local npipe = require("npipe")
 local core = require("npipe.core")
+local helpers = require("helpers")
 
 local WINDOWS = package.config:sub(1, 1) == "\\"
 
-local counter = 0
-local function name(tag)
-  counter = counter + 1
-  return ("portable-%s-%d-%d"):format(tag, core.pid(), counter)
-end
+local name, wait_until, run = helpers.name, helpers.wait_until, helpers.run
 
--- Servers a test opened; closed after each test, so a failed test leaves none behind.
-local servers = {}
 local function listen(pipe, opts, handlers)
-  local server = assert(npipe.listen(pipe, opts, handlers))
-  servers[#servers + 1] = server
-  return server
-end
-
--- Drives the loop until cond() is true or seconds pass; returns the last cond().
-local function wait_until(cond, seconds)
-  local deadline = npipe.now() + (seconds or 5)
-  while npipe.now() < deadline do
-    local v = cond()
-    if v then return v end
-    npipe.sleep(0.01)
-  end
-  return cond()
-end
-
--- Runs fn in an npipe coroutine (as a handler would) and drives the loop until it
--- returns; its error is raised here, not printed by the scheduler.
-local function run(fn, seconds)
-  local sched = require("npipe.sched")
-  local done, failure = false, nil
-  local report = sched.report
-  sched.report = function(what, err) failure = what .. ": " .. tostring(err) end
-  npipe.spawn(function()
-    fn()
-    done = true
-  end)
-  wait_until(function() return done or failure end, seconds or 10)
-  sched.report = report
-  if failure then error(failure, 0) end
-  assert(done, "spec body did not finish in time")
+  return helpers.track_server(assert(npipe.listen(pipe, opts, handlers)))
 end
 
 -- Reads bytes-framed chunks until n bytes came (chunk boundaries are arbitrary).
@@ -79,8 +44,7 @@ end
 
 describe("portable", function()
   after_each(function()
-    for _, s in ipairs(servers) do if s:is_open() then s:close() end end
-    servers = {}
+    helpers.close_tracked_servers()
   end)
 
   describe("echo", function()

@@ -28,6 +28,7 @@ typedef struct {
   char last_server_msg[64], last_client_msg[64];
   int server_msgs, client_msgs;
   char close_code[32];
+  char path[512];
 } world;
 
 static world W;
@@ -190,15 +191,18 @@ static void run_for(uv_loop_t *loop, unsigned ms) {
   uv_run(loop, UV_RUN_NOWAIT);
 }
 
-static np_engine *open_pair(uv_loop_t *loop, const char *tag, np_server **s) {
-  char path[512], err[256];
+/* A server (whose limit on incoming messages is max_message) and one client of it. */
+static np_engine *open_pair(uv_loop_t *loop, const char *tag, np_framing_mode framing, size_t max_message,
+                            np_server **s) {
+  char err[256];
   memset(&W, 0, sizeof W);
   uv_loop_init(loop);
   np_engine *e = np_engine_new(loop, &EVENTS);
-  pipe_path(tag, path, sizeof path);
-  np_server_opts so = {{NP_FRAMING_MESSAGE, 1024, 1 << 20}, 0600, 16, 0};
-  CHECK(np_server_listen(e, path, &so, s, err, sizeof err) == 0);
-  CHECK(np_conn_connect(e, path, &so.conn, &W.client) == 0);
+  pipe_path(tag, W.path, sizeof W.path);
+  np_server_opts so = {{framing, max_message, 1 << 20}, 0600, 16, 0};
+  np_conn_opts co = {framing, 1024, 1 << 20};
+  CHECK(np_server_listen(e, W.path, &so, s, err, sizeof err) == 0);
+  CHECK(np_conn_connect(e, W.path, &co, &W.client) == 0);
   run_until(loop, &W.connected, 1);
   run_until(loop, &W.accepted, 1);
   CHECK(W.connected == 1 && W.accepted == 1);
@@ -218,7 +222,7 @@ static void close_pair(uv_loop_t *loop, np_engine *e, np_server *s) {
 static void test_flush_waits_for_reader(void) {
   uv_loop_t loop;
   np_server *s = NULL;
-  np_engine *e = open_pair(&loop, "engine-flush", &s);
+  np_engine *e = open_pair(&loop, "engine-flush", NP_FRAMING_MESSAGE, 1024, &s);
   np_conn_pause(W.client);
   CHECK(np_conn_write(W.server_side, "one", 3) == 0);
   CHECK(np_conn_write(W.server_side, "two", 3) == 0);
@@ -261,7 +265,7 @@ static void test_flush_waits_for_reader(void) {
 static void test_disconnect_drops_unread(void) {
   uv_loop_t loop;
   np_server *s = NULL;
-  np_engine *e = open_pair(&loop, "engine-drop", &s);
+  np_engine *e = open_pair(&loop, "engine-drop", NP_FRAMING_MESSAGE, 1024, &s);
   np_conn_pause(W.client);
   CHECK(np_conn_write(W.server_side, "unread", 6) == 0);
   run_for(&loop, 20);
@@ -283,26 +287,13 @@ static void test_disconnect_drops_unread(void) {
 
 static void test_oversized_message(void) {
   uv_loop_t loop;
-  uv_loop_init(&loop);
-  memset(&W, 0, sizeof W);
-  np_engine *e = np_engine_new(&loop, &EVENTS);
-  char path[512], err[256];
-  pipe_path("engine-big", path, sizeof path);
-  np_server_opts so = {{NP_FRAMING_MESSAGE, 16, 1 << 20}, 0600, 16, 0};
   np_server *s = NULL;
-  CHECK(np_server_listen(e, path, &so, &s, err, sizeof err) == 0);
-  np_conn_opts co = {NP_FRAMING_MESSAGE, 1024, 1 << 20};
-  CHECK(np_conn_connect(e, path, &co, &W.client) == 0);
-  run_until(&loop, &W.accepted, 1);
+  np_engine *e = open_pair(&loop, "engine-big", NP_FRAMING_MESSAGE, 16, &s);
   CHECK(np_conn_write(W.client, "this message is too long", 24) == 0);
   run_until(&loop, &W.closed_server, 1);
   CHECK(strcmp(W.close_code, "EMSGSIZE") == 0);
   CHECK(W.server_msgs == 0);
-  np_server_close(s);
-  np_engine_shutdown(e);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  np_engine_free(e);
-  CHECK(uv_loop_close(&loop) == 0);
+  close_pair(&loop, e, s);
   printf("ok oversized_message\n");
 }
 
@@ -316,19 +307,11 @@ static int run_out(uv_loop_t *loop) {
  * engine's list: shutdown has to close them all. */
 static void test_give_up_connecting(void) {
   uv_loop_t loop;
-  uv_loop_init(&loop);
-  memset(&W, 0, sizeof W);
-  np_engine *e = np_engine_new(&loop, &EVENTS);
-  char path[512], err[256];
-  pipe_path("engine-giveup", path, sizeof path);
-  np_server_opts so = {{NP_FRAMING_LINES, 1024, 1 << 20}, 0600, 16, 0};
   np_server *s = NULL;
-  CHECK(np_server_listen(e, path, &so, &s, err, sizeof err) == 0);
+  np_engine *e = open_pair(&loop, "engine-giveup", NP_FRAMING_LINES, 1024, &s);
   np_conn_opts co = {NP_FRAMING_LINES, 1024, 1 << 20};
-  CHECK(np_conn_connect(e, path, &co, &W.client) == 0);
-  run_until(&loop, &W.accepted, 1);
   np_conn *late = NULL;
-  CHECK(np_conn_connect(e, path, &co, &late) == 0);
+  CHECK(np_conn_connect(e, W.path, &co, &late) == 0);
   np_conn_disconnect(late, "ECANCELED", "given up"); /* before its connect finished */
   np_server_close(s);
   np_engine_shutdown(e);
@@ -343,21 +326,13 @@ static void test_give_up_connecting(void) {
  * has called back for every handle. */
 static void test_release(void) {
   uv_loop_t loop;
-  uv_loop_init(&loop);
-  memset(&W, 0, sizeof W);
-  np_engine *e = np_engine_new(&loop, &EVENTS);
-  char path[512], err[256];
-  pipe_path("engine-release", path, sizeof path);
-  np_server_opts so = {{NP_FRAMING_LINES, 1024, 1 << 20}, 0600, 16, 0};
   np_server *s = NULL;
-  CHECK(np_server_listen(e, path, &so, &s, err, sizeof err) == 0);
+  np_engine *e = open_pair(&loop, "engine-release", NP_FRAMING_LINES, 1024, &s);
   np_conn_opts co = {NP_FRAMING_LINES, 1024, 1 << 20};
-  CHECK(np_conn_connect(e, path, &co, &W.client) == 0);
-  run_until(&loop, &W.accepted, 1);
   np_conn_set_data(W.client, &W);
   np_server_set_data(s, &W);
   np_conn *connecting = NULL;
-  CHECK(np_conn_connect(e, path, &co, &connecting) == 0);
+  CHECK(np_conn_connect(e, W.path, &co, &connecting) == 0);
   np_conn_set_data(connecting, &W);
   CHECK(np_conn_write(W.client, "unsent", 6) == 0);
   int released = W.released, closed = W.closed_client + W.closed_server;
