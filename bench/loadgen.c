@@ -393,6 +393,30 @@ static int conn_connect(conn *c) {
   return 1;
 }
 
+/* Connects c now, or queues it to try again (backlog full), or gives it up. */
+static void connect_or_retry(conn *c) {
+  int r = conn_connect(c);
+  if (r == 0) {
+    c->retry_next = retry_list;
+    retry_list = c;
+  } else if (r < 0) {
+    conn_fail(c);
+  } else {
+    pump_send(c);
+  }
+}
+
+static void retry_connects(void) {
+  conn *list = retry_list;
+  retry_list = NULL;
+  while (list) {
+    conn *c = list;
+    list = c->retry_next;
+    c->retry_next = NULL;
+    connect_or_retry(c);
+  }
+}
+
 static void conn_reset_counters(conn *c) {
   c->sk = c->rk = 0;
   c->spos = c->rpos = 0;
@@ -406,37 +430,15 @@ static void connrate_restart(conn *c) {
   conn_reset_counters(c);
   c->base = (c->base + 7919) % PATLEN;
   c->t_conn = now_ns();
-  int r = conn_connect(c);
-  if (r == 0) { c->retry_next = retry_list; retry_list = c; return; }
-  if (r < 0) { c->dead = 1; return; }
-  pump_send(c);
+  connect_or_retry(c);
 }
 
 /* Setup: connect connections (at most opt_ramp in progress) with one verified round trip. */
 static void setup_step(void) {
-  /* retries first */
-  conn *list = retry_list;
-  retry_list = NULL;
-  while (list) {
-    conn *c = list;
-    list = c->retry_next;
-    c->retry_next = NULL;
-    int r = conn_connect(c);
-    if (r == 0) { c->retry_next = retry_list; retry_list = c; continue; }
-    if (r < 0) {
-      if (!c->setup_done) { c->dead = 1; setup_pending--; setup_active--; }
-      else c->dead = 1;
-      continue;
-    }
-    pump_send(c);
-  }
+  retry_connects();
   while (setup_next < nconns && setup_active < opt_ramp) {
-    conn *c = &conns[setup_next++];
     setup_active++;
-    int r = conn_connect(c);
-    if (r == 0) { c->retry_next = retry_list; retry_list = c; continue; }
-    if (r < 0) { c->dead = 1; setup_pending--; setup_active--; continue; }
-    pump_send(c);
+    connect_or_retry(&conns[setup_next++]);
   }
 }
 
@@ -627,19 +629,7 @@ int main(int argc, char **argv) {
       if (opt_pid) { read_cpu_ticks(opt_pid, &cpu1); rss_mid = read_rss_kb(opt_pid); }
       break;
     }
-    if (retry_list) {
-      conn *list = retry_list;
-      retry_list = NULL;
-      while (list) {
-        conn *c = list;
-        list = c->retry_next;
-        c->retry_next = NULL;
-        int r = conn_connect(c);
-        if (r == 0) { c->retry_next = retry_list; retry_list = c; }
-        else if (r < 0) c->dead = 1;
-        else pump_send(c);
-      }
-    }
+    retry_connects();
     uint64_t until = measuring == 1 ? t_measure_start : t_measure_end;
     int ms = (int)((until - t) / 1000000) + 1;
     if (retry_list && ms > 1) ms = 1;
