@@ -105,7 +105,9 @@ LUA_PATH_WIN="$(zpath "$ROOT/lua")\\?.lua;$(zpath "$ROOT/lua")\\?\\init.lua;$SHA
 LUA_CPATH_WIN="$(zpath "$LUA")\\?.dll"
 SPECS=(spec/portable_spec.lua)
 # .busted's cpath names the Linux build; the command line replaces it.
+# NPIPE_LUA: the interpreter the portable spec starts its client process with.
 if ! env -u LUA_PATH -u LUA_CPATH LUA_PATH_5_4="$LUA_PATH_WIN" LUA_CPATH_5_4="$LUA_CPATH_WIN" \
+    NPIPE_LUA="$(zpath "$LUA")\\lua.exe" \
     timeout 300 /usr/lib/wine/wine64 "$LUA/lua.exe" "$(zpath "$ROOT/scripts/busted-wine.lua")" \
     --output=plainTerminal --cpath="$LUA_CPATH_WIN" "${SPECS[@]}" > "$OUT/busted.wine.log" 2>&1; then
   cat "$OUT/busted.wine.log"

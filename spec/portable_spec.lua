@@ -1,6 +1,6 @@
 -- The behaviour that must hold on Linux and on Windows alike. This file also runs as a
--- Windows program under Wine (scripts/wine.sh), so it stays in one Lua process with no
--- shell and no child processes, and takes from spec/helpers.lua only what needs neither.
+-- Windows program under Wine (scripts/wine.sh), so it needs no shell: one child process
+-- started with io.popen at most, and of spec/helpers.lua only what runs no shell command.
 -- Where the platforms legitimately differ, the test branches on WINDOWS and says why.
 local npipe = require("npipe")
 local core = require("npipe.core")
@@ -186,6 +186,38 @@ describe("portable", function()
       -- taken at connect time: still readable after the connection closed
       assert.is_truthy(wait_until(function() return #server:connections() == 0 end))
       assert.are.equal(pid, c:server_process_id())
+    end)
+
+    it("reports the other process's pid and session on each end", function()
+      local pipe = name("peer")
+      local seen, gone
+      listen(pipe, { framing = "lines" }, {
+        data = function(conn, line)
+          seen = { said = tonumber(line:match("^hello (%d+)$")), pid = conn:process_id(), sid = conn:session_id() }
+          conn:write("exit")
+        end,
+        disconnect = function() gone = true end,
+      })
+      -- a shell on Linux, cmd.exe under Windows: one command line either way
+      local child = assert(io.popen(("%s spec/fixtures/session_client.lua %s"):format(helpers.lua, pipe)))
+      local ended = wait_until(function() return gone end, 20)
+      local out = child:read("*a")
+      child:close()
+      assert.is_truthy(ended, "the client process did not come and go: " .. out)
+      local child_pid = tonumber(out:match("pid (%d+)"))
+      local own_sid, server_sid, server_pid = out:match("ids own_sid=(%S+) server_sid=(%S+) server_pid=(%S+)")
+      assert.is_number(child_pid, out)
+      assert.are_not.equal(core.pid(), child_pid)
+      -- GetNamedPipeClientProcessId / SO_PEERCRED name the process that connected
+      assert.are.equal(child_pid, seen.said)
+      assert.are.equal(child_pid, seen.pid)
+      -- and the client's side names this process as the server
+      assert.are.equal(tostring(core.pid()), server_pid)
+      -- both run in this session (Terminal Services session; POSIX session of the shell's parent)
+      assert.are.equal(tostring(npipe.session_id()), own_sid)
+      assert.are.equal(tostring(npipe.session_id()), server_sid)
+      assert.are.equal(npipe.session_id(), seen.sid)
+      assert.matches("got exit", out, 1, true)
     end)
 
     it("resolves names to the platform's kind of pipe", function()
