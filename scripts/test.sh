@@ -63,7 +63,7 @@ bash scripts/windows.sh
 passed=$((passed + 1))
 bash scripts/wine.sh | tee "$LOG/wine"
 passed=$((passed + $(grep -c '^wine clean' "$LOG/wine")))
-count_busted "$LOG/wine" # spec/portable_spec.lua under Wine
+count_busted "$LOG/wine" # the portable specs under Wine
 
 if [ "${NPIPE_MATRIX:-1}" != 0 ]; then
   echo "== Lua 5.1, 5.2, 5.3, LuaJIT"

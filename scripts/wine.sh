@@ -2,7 +2,7 @@
 # Runs npipe as Windows programs under Wine: libuv, Lua 5.4 and the C modules busted
 # needs are built for Windows with mingw-w64 from Debian's own source packages. Then
 # the C tests (framing decoder, engine) run, and busted runs the Lua specs that hold on
-# every platform (spec/portable_spec.lua) with the Windows build of npipe.core.
+# every platform (those in SPECS below) with the Windows build of npipe.core.
 # Wine's stubs are reported by the tests themselves ("skip ...: Wine ...").
 # Built pieces stay in build-windows/ and are reused; npipe's own code is rebuilt.
 set -euo pipefail
@@ -103,7 +103,7 @@ zpath() { local p=${1//\//\\}; printf 'Z:%s' "$p"; }
 SHARE=$(zpath /usr/share/lua/5.4)
 LUA_PATH_WIN="$(zpath "$ROOT/lua")\\?.lua;$(zpath "$ROOT/lua")\\?\\init.lua;$SHARE\\?.lua;$SHARE\\?\\init.lua"
 LUA_CPATH_WIN="$(zpath "$LUA")\\?.dll"
-SPECS=(spec/portable_spec.lua)
+SPECS=(spec/portable_spec.lua spec/echo_spec.lua spec/request_spec.lua spec/disconnect_spec.lua)
 # .busted's cpath names the Linux build; the command line replaces it.
 # NPIPE_LUA: the interpreter the portable spec starts its client process with.
 if ! env -u LUA_PATH -u LUA_CPATH LUA_PATH_5_4="$LUA_PATH_WIN" LUA_CPATH_5_4="$LUA_CPATH_WIN" \

@@ -3,7 +3,11 @@
 local npipe = require("npipe")
 local helpers = require("helpers")
 
-local exists = helpers.exists
+-- A Windows pipe has no file (its name lives while the server holds an instance):
+-- there these checks are left out, and connecting tells instead.
+local function assert_file(path, want)
+  if not helpers.windows then assert.are.equal(want, helpers.exists(path)) end
+end
 
 -- table.pack, also on Lua 5.1 and LuaJIT
 local function pack(...) return { n = select("#", ...), ... } end
@@ -58,7 +62,7 @@ end
 describe("conn:disconnect() from the server", function()
   after_each(close_leftovers)
 
-  it("the client reads what was sent before, then nil, 'closed'", function()
+  it("the client reads what was sent before (Windows drops what it did not read), then nil, 'closed'", function()
     local server, name, rec = recording_server({ framing = "message" }, {
       data = function(conn, msg)
         assert(conn:write("last words for " .. msg))
@@ -67,7 +71,9 @@ describe("conn:disconnect() from the server", function()
     })
     local c = assert(npipe.connect(name, { framing = "message" }))
     assert(c:write("you"))
-    assert.are.equal("last words for you", c:read(2))
+    if not helpers.windows then -- DisconnectNamedPipe drops the bytes a client has not read
+      assert.are.equal("last words for you", c:read(2))
+    end
     assert_closed(c)
     assert_closed(c, 0.5) -- and keeps saying so
     assert.are.equal(1, #rec.conns)
@@ -285,11 +291,11 @@ describe("server:close()", function()
     })
     local path = server:path()
     assert.are.equal(npipe.path(name), path)
-    assert.is_true(exists(path))
+    assert_file(path, true)
     assert.is_true(server:is_open())
     server:close()
     assert.is_false(server:is_open())
-    assert.is_false(exists(path))
+    assert_file(path, false)
     local c, err = npipe.connect(name)
     assert.is_nil(c)
     assert.is_string(err)
@@ -297,13 +303,13 @@ describe("server:close()", function()
     local again = track(assert(npipe.listen(name, { framing = "message" }, {
       data = function(conn, msg) conn:write("second " .. msg) end,
     })))
-    assert.is_true(exists(path))
+    assert_file(path, true)
     local c2 = assert(npipe.connect(name, { framing = "message" }))
     assert(c2:write("hello"))
     assert.are.equal("second hello", c2:read(2))
     c2:disconnect()
     again:close()
-    assert.is_false(exists(path))
+    assert_file(path, false)
   end)
 
   it("with a drain lets a finishing connection finish before returning", function()
@@ -312,7 +318,7 @@ describe("server:close()", function()
       data = function(conn)
         started = true
         npipe.sleep(0.2)
-        file_during = exists(conn:server():path())
+        file_during = not helpers.windows and helpers.exists(conn:server():path())
         finished = true
         conn:disconnect("finished")
       end,
@@ -391,7 +397,7 @@ describe("object lifetime", function()
       data = function(conn, msg) conn:write(msg) end,
     }))), function(s)
       ref, path = s, s:path()
-      assert.is_true(exists(path))
+      assert_file(path, true)
       local c = assert(npipe.connect(name, { framing = "message" }))
       assert(c:write("inside"))
       assert.are.equal("inside", c:read(2))
@@ -399,7 +405,7 @@ describe("object lifetime", function()
       assert.is_true(s:is_open())
     end)
     assert.is_false(ref:is_open())
-    assert.is_false(exists(path))
+    assert_file(path, false)
     local c, err = npipe.connect(name)
     assert.is_nil(c)
     assert.is_string(err)

@@ -6,8 +6,9 @@ local helpers = {}
 helpers.lua = os.getenv("NPIPE_LUA") or "lua5.4"
 helpers.root = os.getenv("NPIPE_ROOT") or "."
 helpers.tmp = os.getenv("NPIPE_SPEC_TMP") or ("/tmp/npipe-spec-" .. require("npipe.core").pid())
--- Not on Windows, where spec/portable_spec.lua loads this file under Wine without a shell.
-if package.config:sub(1, 1) == "/" then os.execute("mkdir -p " .. helpers.tmp) end
+-- Windows (specs run under Wine by scripts/wine.sh): no shell there, and no socket files.
+helpers.windows = package.config:sub(1, 1) == "\\"
+if not helpers.windows then os.execute("mkdir -p " .. helpers.tmp) end
 
 local counter = 0
 function helpers.name(tag)

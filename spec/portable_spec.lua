@@ -6,7 +6,7 @@ local npipe = require("npipe")
 local core = require("npipe.core")
 local helpers = require("helpers")
 
-local WINDOWS = package.config:sub(1, 1) == "\\"
+local WINDOWS = helpers.windows
 
 local name, wait_until, run = helpers.name, helpers.wait_until, helpers.run
 
