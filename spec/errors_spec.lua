@@ -276,7 +276,7 @@ print(n.path("demo"))
 print(n.path("\\\\.\\pipe\\demo"))
 ]]
 
-  it("a bare name lives in $XDG_RUNTIME_DIR/npipe when that is set", function()
+  it("a bare name lives in $XDG_RUNTIME_DIR/npipe when that is set #unix", function()
     local xdg = temp_dir()
     local out = child_output("XDG_RUNTIME_DIR=" .. q(xdg), SHOW)
     local a, b = out:match("^([^\n]*)\n([^\n]*)$")
@@ -284,7 +284,7 @@ print(n.path("\\\\.\\pipe\\demo"))
     assert.are.equal(a, b)
   end)
 
-  it("a bare name lives in /tmp/npipe-<uid> when XDG_RUNTIME_DIR is not set", function()
+  it("a bare name lives in /tmp/npipe-<uid> when XDG_RUNTIME_DIR is not set #unix", function()
     local uid = helpers.capture("id -u")
     local out = child_output("-u XDG_RUNTIME_DIR", SHOW)
     local a, b = out:match("^([^\n]*)\n([^\n]*)$")
@@ -292,7 +292,7 @@ print(n.path("\\\\.\\pipe\\demo"))
     assert.are.equal(a, b)
   end)
 
-  it("\\\\.\\pipe\\name resolves like name; in this process too", function()
+  it("\\\\.\\pipe\\name resolves like name; in this process too #unix", function()
     local p = npipe.path("demo")
     assert.matches("/demo$", p)
     assert.are.equal(p, npipe.path("\\\\.\\pipe\\demo"))
@@ -310,7 +310,7 @@ print(n.path("\\\\.\\pipe\\demo"))
     server:close()
   end)
 
-  it("a name with a slash is used as the path", function()
+  it("a name with a slash is used as the path #unix", function()
     local dir = temp_dir()
     local path = dir .. "/" .. helpers.name("path")
     assert.are.equal(path, npipe.path(path))
@@ -328,7 +328,7 @@ print(n.path("\\\\.\\pipe\\demo"))
     assert.is_false(exists(path))
   end)
 
-  it("a path longer than 107 bytes is refused, never truncated", function()
+  it("a path longer than 107 bytes is refused, never truncated #unix", function()
     local dir = temp_dir()
     local function path_of(len) return dir .. "/" .. ("a"):rep(len - #dir - 1) end
     local long = path_of(108)
@@ -362,7 +362,7 @@ print(n.path("\\\\.\\pipe\\demo"))
     server:close()
   end)
 
-  it("a bare name too long for the per-user directory is refused", function()
+  it("a bare name too long for the per-user directory is refused #unix", function()
     local name = helpers.name("long") .. ("b"):rep(120)
     local s, err = npipe.listen(name, {}, {})
     assert.is_nil(s)
@@ -375,7 +375,7 @@ print(n.path("\\\\.\\pipe\\demo"))
     assert.matches("too long", err, 1, true)
   end)
 
-  it("a per-user directory writable by others makes listen fail, naming it", function()
+  it("a per-user directory writable by others makes listen fail, naming it #unix", function()
     local xdg = temp_dir()
     local dir = xdg .. "/npipe"
     os.execute("mkdir " .. q(dir) .. " && chmod 0777 " .. q(dir))
@@ -392,7 +392,7 @@ print(tostring(s) .. "|" .. tostring(err) .. "|" .. tostring(code))
     assert.are.equal("", listing(dir)) -- nothing was created there
   end)
 
-  it("the per-user directory is created with mode 0700 and the socket with 0600", function()
+  it("the per-user directory is created with mode 0700 and the socket with 0600 #unix", function()
     local xdg = temp_dir()
     local out = child_output("XDG_RUNTIME_DIR=" .. q(xdg), [[
 local n = require("npipe")
@@ -413,7 +413,7 @@ end)
 describe("connect with a timeout (WaitNamedPipe)", function()
   after_each(close_leftovers)
 
-  it("waits for a server that appears later", function()
+  it("waits for a server that appears later #unix", function()
     local name = helpers.name("late")
     -- the child listens after 0.3 s, serves until its first client leaves (at most
     -- 8 s), then closes its server, which removes the socket file, and exits

@@ -393,6 +393,21 @@ describe("portable", function()
       assert.are.equal("ENOENT", ccode)
     end)
 
+    it("lets a connect with a timeout (WaitNamedPipe) wait for a server that comes later", function()
+      local pipe = name("later")
+      local c, err
+      npipe.spawn(function() c, err = npipe.connect(pipe, { framing = "lines", timeout = 5 }) end)
+      npipe.sleep(0.3) -- the connect is retrying meanwhile: no such pipe yet
+      assert.is_nil(c)
+      assert.is_nil(err)
+      listen(pipe, { framing = "lines" }, { data = function(conn, line) conn:write("late " .. line) end })
+      assert.is_truthy(wait_until(function() return c or err end))
+      assert.is_truthy(c, err)
+      assert(c:write("hi"))
+      assert.are.equal("late hi", c:read(2))
+      c:disconnect()
+    end)
+
     it("times out a connect that waits for a server that never comes", function()
       local t0 = npipe.now()
       local c, err, code = npipe.connect(name("never"), { timeout = 0.2 })

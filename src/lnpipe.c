@@ -160,7 +160,7 @@ static int ready(ctx *x, void *data) { return data != NULL && x->L != NULL && !x
 static void ev_accept(np_server *s, np_conn *c) {
   box *sb = np_server_data(s);
   if (!sb || !ready(sb->x, sb) || !event_begin(sb->x, EV_ACCEPT, sb)) {
-    np_conn_disconnect(c, "SHUTDOWN", "server object is gone");
+    np_conn_end(c, "SHUTDOWN", "server object is gone");
     return;
   }
   np_conn_set_data(c, new_box(sb->x->L, sb->x, c, CONN_MT));
@@ -455,7 +455,9 @@ static int conn_disconnect(lua_State *L) {
   box *b = luaL_checkudata(L, 1, CONN_MT);
   const char *reason = luaL_optstring(L, 2, NULL);
   const char *code = luaL_optstring(L, 3, NULL);
-  if (b->p && np_conn_is_open(b->p)) WITH_THREAD(b->x, L, np_conn_disconnect(b->p, code, reason));
+  int drop = lua_toboolean(L, 4); /* DisconnectNamedPipe: conn:disconnect() asked for it */
+  if (b->p && np_conn_is_open(b->p))
+    WITH_THREAD(b->x, L, (drop ? np_conn_disconnect : np_conn_end)(b->p, code, reason));
   return 0;
 }
 
@@ -463,7 +465,7 @@ static int conn_gc(lua_State *L) {
   box *b = luaL_checkudata(L, 1, CONN_MT);
   if (b->p) {
     np_conn_set_data(b->p, NULL); /* no events for an object Lua has let go */
-    np_conn_disconnect(b->p, "GC", "connection object collected");
+    np_conn_end(b->p, "GC", "connection object collected");
     b->p = NULL;
   }
   return 0;

@@ -361,9 +361,13 @@ int np_conn_write(np_conn *c, const char *data, size_t len) {
   return rc;
 }
 
+void np_conn_end(np_conn *c, const char *code, const char *reason) {
+  conn_end(c, code ? code : "DISCONNECTED", reason ? reason : "disconnected by the server", 1);
+}
+
 void np_conn_disconnect(np_conn *c, const char *code, const char *reason) {
   if (c->state == C_OPEN) np_platform_disconnect(&c->pipe);
-  conn_end(c, code ? code : "DISCONNECTED", reason ? reason : "disconnected by the server", 1);
+  np_conn_end(c, code, reason);
 }
 
 static void on_flush_poll(uv_timer_t *t);

@@ -79,6 +79,10 @@ int np_conn_write(np_conn *c, const char *data, size_t len);
  * Windows also what the client has not read yet; a Unix peer still reads it).
  * The closed event follows synchronously with the given code and reason. */
 void np_conn_disconnect(np_conn *c, const char *code, const char *reason);
+/* The same, except that what was written before stays readable by the peer on every
+ * OS (CloseHandle without DisconnectNamedPipe): for ends the host's user did not ask
+ * for, such as a handler error or an idle timeout. */
+void np_conn_end(np_conn *c, const char *code, const char *reason);
 /* 1: the peer has read everything; 0: a flushed event will follow; <0: error. */
 int np_conn_flush(np_conn *c);
 /* The host no longer waits for the flushed event (its wait timed out): stop polling,

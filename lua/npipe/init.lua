@@ -127,9 +127,11 @@ function Conn:_job_failed(err)
   self:_end_now("handler error: " .. first, "EHANDLER") -- its disconnect handler queues after
 end
 
-function Conn:_end_now(reason, code)
+-- drop: DisconnectNamedPipe, which on Windows also takes back what the client has not
+-- read; only conn:disconnect() asks for it. Other ends leave written bytes readable.
+function Conn:_end_now(reason, code, drop)
   if self._closed or not self._c:is_open() then return end
-  self._c:disconnect(reason, code)
+  self._c:disconnect(reason, code, drop)
 end
 
 -- Messages kept for conn:read() when no data handler takes them; reading stops
@@ -248,7 +250,7 @@ function Conn:disconnect(reason)
   self:_drop_queue()
   self._inbox = nil
   self:_end_now(reason or (self._client and "disconnected by the client" or "disconnected by the server"),
-                "DISCONNECTED")
+                "DISCONNECTED", true)
   return true
 end
 Conn.close = Conn.disconnect
