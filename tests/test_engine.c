@@ -285,6 +285,23 @@ static void test_disconnect_drops_unread(void) {
   printf("ok disconnect_drops_unread\n");
 }
 
+/* An end the user did not ask for (np_conn_end) leaves written bytes readable everywhere. */
+static void test_end_keeps_unread(void) {
+  uv_loop_t loop;
+  np_server *s = NULL;
+  np_engine *e = open_pair(&loop, "engine-keep", NP_FRAMING_MESSAGE, 1024, &s);
+  np_conn_pause(W.client);
+  CHECK(np_conn_write(W.server_side, "kept", 4) == 0);
+  run_for(&loop, 20);
+  np_conn_end(W.server_side, "EHANDLER", "handler error");
+  CHECK(W.closed_server == 1 && strcmp(W.close_code, "EHANDLER") == 0);
+  np_conn_resume(W.client);
+  run_until(&loop, &W.closed_client, 1);
+  CHECK(W.client_msgs == 1 && strcmp(W.last_client_msg, "kept") == 0);
+  close_pair(&loop, e, s);
+  printf("ok end_keeps_unread\n");
+}
+
 static void test_oversized_message(void) {
   uv_loop_t loop;
   np_server *s = NULL;
@@ -349,6 +366,7 @@ int main(void) {
   test_oversized_message();
   test_flush_waits_for_reader();
   test_disconnect_drops_unread();
+  test_end_keeps_unread();
   test_give_up_connecting();
   test_release();
   return failures ? 1 : 0;
