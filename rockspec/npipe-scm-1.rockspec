@@ -32,4 +32,16 @@ build = {
     NPIPE_INSTALL_BIN = "$(BINDIR)",
     BUILD_TESTING = "OFF",
   },
+  platforms = {
+    -- No pkg-config there: libuv and the Lua library are named directly (scripts/wine.sh
+    -- builds the same way with mingw-w64; the name below is MSYS2's import library, which
+    -- `luarocks make NPIPE_UV_LIBRARY=...` replaces for other builds of libuv).
+    windows = {
+      variables = {
+        NPIPE_LUA_LIBRARY = "$(LUA_LIBDIR)/$(LUALIB)",
+        NPIPE_UV_INCDIR = "$(LIBUV_INCDIR)",
+        NPIPE_UV_LIBRARY = "$(LIBUV_LIBDIR)/libuv.dll.a",
+      },
+    },
+  },
 }

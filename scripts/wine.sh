@@ -44,9 +44,7 @@ source_pkg() {
 
 MINGW=x86_64-w64-mingw32-gcc
 
-if [ ! -f "$UV/libuv_a.a" ]; then
-  LIBUV_SRC=$(source_pkg libuv1)
-  cat > "$OUT/mingw.cmake" <<'TOOLCHAIN'
+cat > "$OUT/mingw.cmake" <<'TOOLCHAIN'
 set(CMAKE_SYSTEM_NAME Windows)
 set(CMAKE_C_COMPILER x86_64-w64-mingw32-gcc)
 set(CMAKE_RC_COMPILER x86_64-w64-mingw32-windres)
@@ -55,23 +53,12 @@ set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
 set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
 set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)
 TOOLCHAIN
+if [ ! -f "$UV/libuv_a.a" ]; then
+  LIBUV_SRC=$(source_pkg libuv1)
   cmake -S "$LIBUV_SRC" -B "$UV" -DCMAKE_TOOLCHAIN_FILE="$OUT/mingw.cmake" \
     -DLIBUV_BUILD_TESTS=OFF -DLIBUV_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
   cmake --build "$UV" -j"$(nproc)" --target uv_a >/dev/null 2>&1
 fi
-
-CFLAGS="-std=gnu11 -Wall -Wextra -Werror -D_WIN32_WINNT=0x0600"
-CC="$MINGW $CFLAGS -I$OUT/include -Isrc"
-WINLIBS="$UV/libuv_a.a -lws2_32 -liphlpapi -luserenv -ldbghelp -lole32 -lshell32"
-$CC tests/test_framing.c src/np_framing.c -o "$OUT/test_framing.exe"
-$CC tests/test_engine.c src/np_engine.c src/np_framing.c src/np_platform_win.c $WINLIBS -o "$OUT/test_engine.exe"
-
-export WINEPREFIX=$OUT/wineprefix WINEDEBUG=-all
-for t in test_framing test_engine; do
-  (cd "$OUT" && timeout 300 /usr/lib/wine/wine64 "$t.exe" > "$t.wine.log" 2>&1) || { cat "$OUT/$t.wine.log"; exit 1; }
-  grep -E "^skip" "$OUT/$t.wine.log" || true
-  echo "wine clean: $t.exe ($(grep -c '^ok ' "$OUT/$t.wine.log") tests)"
-done
 
 # Lua 5.4 as lua54.dll + lua.exe, the way Lua's own "mingw" make target builds it.
 # Debian's patches change only the Unix side of luaconf.h and the build system.
@@ -93,10 +80,23 @@ if [ ! -f "$LUA/term/core.dll" ]; then
   mkdir -p "$LUA/term"
   $MODULE "$(source_pkg lua-term)/core.c" "$LUA/lua54.dll" -o "$LUA/term/core.dll"
 fi
+# npipe itself through its own CMakeLists.txt, as LuaRocks on Windows would build it:
+# the module against lua54.dll, and the C tests, with warnings as errors.
+NP=$OUT/npipe
+cmake -S . -B "$NP" -DCMAKE_TOOLCHAIN_FILE="$OUT/mingw.cmake" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DNPIPE_UV_INCDIR="$OUT/include" -DNPIPE_UV_LIBRARY="$UV/libuv_a.a" \
+  -DNPIPE_LUA_INCDIR="$LUA_SRC" -DNPIPE_LUA_LIBRARY="$LUA/lua54.dll" -DBUILD_TESTING=ON >/dev/null
+cmake --build "$NP" -j"$(nproc)" >/dev/null
 mkdir -p "$LUA/npipe"
-# Against the headers of the Lua it loads into, ahead of Debian's Linux ones.
-$MINGW $CFLAGS -O2 -shared -I"$LUA_SRC" -I"$OUT/include" -Isrc src/lnpipe.c src/np_engine.c src/np_framing.c src/np_platform_win.c \
-  $WINLIBS "$LUA/lua54.dll" -o "$LUA/npipe/core.dll"
+cp "$NP/npipe/core.dll" "$LUA/npipe/core.dll"
+cp "$NP/test_framing.exe" "$NP/test_engine.exe" "$OUT/"
+
+export WINEPREFIX=$OUT/wineprefix WINEDEBUG=-all
+for t in test_framing test_engine; do
+  (cd "$OUT" && timeout 300 /usr/lib/wine/wine64 "$t.exe" > "$t.wine.log" 2>&1) || { cat "$OUT/$t.wine.log"; exit 1; }
+  grep -E "^skip" "$OUT/$t.wine.log" || true
+  echo "wine clean: $t.exe ($(grep -c '^ok ' "$OUT/$t.wine.log") tests)"
+done
 
 # busted and its pure-Lua dependencies are Debian's, read through Wine's Z: drive.
 zpath() { local p=${1//\//\\}; printf 'Z:%s' "$p"; }
