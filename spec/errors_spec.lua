@@ -392,6 +392,38 @@ print(tostring(s) .. "|" .. tostring(err) .. "|" .. tostring(code))
     assert.are.equal("", listing(dir)) -- nothing was created there
   end)
 
+  it("connect refuses a per-user directory that others can write to or that another user owns #unix", function()
+    local xdg = temp_dir()
+    local dir = xdg .. "/npipe"
+    -- a live server's socket in it, so only the directory check can refuse
+    os.execute("mkdir -m 0700 " .. q(dir))
+    local server = track(assert(npipe.listen(dir .. "/demo", {}, function() end)))
+    local function try()
+      local out = child_output("XDG_RUNTIME_DIR=" .. q(xdg), [[
+local c, err, code = require("npipe").connect("demo", { timeout = 0.5 })
+print(tostring(c) .. "|" .. tostring(err) .. "|" .. tostring(code))
+]])
+      return out:match("^([^|]*)|([^|]*)|([^|]*)$")
+    end
+    local c, err = try()
+    assert.matches("^npipe.conn", c, nil, false, err) -- a 0700 directory of ours is fine
+    os.execute("chmod 0777 " .. q(dir))
+    local code
+    c, err, code = try()
+    assert.are.equal("nil", c)
+    assert.matches(dir .. " is writable by other users", err, 1, true)
+    assert.are.equal("EPERM", code)
+    os.execute("chmod 0700 " .. q(dir))
+    if helpers.capture("id -u") == "0" then -- only root can give a directory away
+      os.execute("chown nobody " .. q(dir))
+      c, err, code = try()
+      assert.are.equal("nil", c)
+      assert.matches(dir .. " is owned by another user", err, 1, true)
+      assert.are.equal("EPERM", code)
+    end
+    server:close()
+  end)
+
   it("the per-user directory is created with mode 0700 and the socket with 0600 #unix", function()
     local xdg = temp_dir()
     local out = child_output("XDG_RUNTIME_DIR=" .. q(xdg), [[

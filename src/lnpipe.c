@@ -229,9 +229,10 @@ static int l_init(lua_State *L) {
 
 static int l_resolve(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
-  int create = lua_toboolean(L, 2);
+  static const char *const policies[] = {"trust", "create", "check", NULL};
+  int dir = luaL_checkoption(L, 2, "trust", policies); /* the order of NP_DIR_* */
   char path[PATH_MAX_LEN], err[ERR_LEN];
-  int rc = np_platform_resolve(name, create, path, sizeof path, err, sizeof err);
+  int rc = np_platform_resolve(name, dir, path, sizeof path, err, sizeof err);
   if (rc < 0) return push_error(L, rc, err);
   lua_pushstring(L, path);
   return 1;

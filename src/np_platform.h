@@ -16,11 +16,18 @@ typedef struct np_cred {
  * killing the process with SIGPIPE (Unix; nothing to do on Windows). */
 void np_platform_init(void);
 
+/* What np_platform_resolve does with the per-user directory of a bare name. */
+enum {
+  NP_DIR_TRUST = 0,  /* nothing (npipe.path, list) */
+  NP_DIR_CREATE = 1, /* create it 0700 if missing, then check it (listen) */
+  NP_DIR_CHECK = 2   /* check it if it exists (connect: a missing one just means no server) */
+};
+
 /* Resolves a pipe name to what the OS binds: a bare name goes in the per-user
- * directory (created 0700 when create_dir), a name with '/' is a path as is.
- * Returns 0, or a negative uv error code with a message in err. */
-int np_platform_resolve(const char *name, int create_dir, char *out, size_t outlen,
-                        char *err, size_t errlen);
+ * directory (handled as dir says), a name with '/' is a path as is. Checking refuses a
+ * directory another user owns or can write to: whoever controls it controls which
+ * socket answers. Returns 0, or a negative uv error code with a message in err. */
+int np_platform_resolve(const char *name, int dir, char *out, size_t outlen, char *err, size_t errlen);
 
 /* Probes a socket path without changing it: 1 if a server answers (its identity in
  * out, where the OS tells), 0 if nothing listens (stale), <0 on error (message in err). */

@@ -56,8 +56,8 @@ static int valid_bare_name(const char *name) {
   return name[0] != '\0' && strcmp(name, ".") != 0 && strcmp(name, "..") != 0;
 }
 
-int np_platform_resolve(const char *name, int create_dir, char *out, size_t outlen,
-                        char *err, size_t errlen) {
+int np_platform_resolve(const char *name, int dir_policy, char *out, size_t outlen, char *err,
+                        size_t errlen) {
   if (strncmp(name, WIN_PREFIX, strlen(WIN_PREFIX)) == 0) name += strlen(WIN_PREFIX);
   if (strchr(name, '/') != NULL) {
     snprintf(out, outlen, "%s", name);
@@ -65,9 +65,9 @@ int np_platform_resolve(const char *name, int create_dir, char *out, size_t outl
     char dir[512];
     if (!valid_bare_name(name)) return fail(err, errlen, UV_EINVAL, "invalid pipe name '%s'", name);
     user_dir(dir, sizeof dir);
-    if (create_dir) {
-      if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return fail(err, errlen, -errno, "cannot create pipe directory %s", dir);
+    if (dir_policy == NP_DIR_CREATE && mkdir(dir, 0700) != 0 && errno != EEXIST)
+      return fail(err, errlen, -errno, "cannot create pipe directory %s", dir);
+    if (dir_policy == NP_DIR_CREATE || (dir_policy == NP_DIR_CHECK && access(dir, F_OK) == 0)) {
       int rc = check_dir(dir, err, errlen);
       if (rc) return rc;
     }

@@ -17,9 +17,9 @@ static int fail(char *err, size_t errlen, int code, const char *fmt, const char 
   return code;
 }
 
-int np_platform_resolve(const char *name, int create_dir, char *out, size_t outlen,
-                        char *err, size_t errlen) {
-  (void)create_dir; /* the pipe namespace needs no directory */
+int np_platform_resolve(const char *name, int dir_policy, char *out, size_t outlen, char *err,
+                        size_t errlen) {
+  (void)dir_policy; /* the pipe namespace has no directory */
   if (strncmp(name, PREFIX, strlen(PREFIX)) == 0) name += strlen(PREFIX);
   if (name[0] == '\0' || strchr(name, '\\') != NULL)
     return fail(err, errlen, UV_EINVAL, "invalid pipe name '%s'", name);

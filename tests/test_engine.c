@@ -82,7 +82,7 @@ static const np_events EVENTS = {on_accept, on_frame, on_closed, on_connected, o
 static void pipe_path(const char *tag, char *out, size_t outlen) {
   char name[64], err[256];
   snprintf(name, sizeof name, "npipe-%s-%ld", tag, np_platform_pid());
-  if (np_platform_resolve(name, 1, out, outlen, err, sizeof err) != 0) {
+  if (np_platform_resolve(name, NP_DIR_CREATE, out, outlen, err, sizeof err) != 0) {
     fprintf(stderr, "cannot resolve %s: %s\n", name, err);
     exit(1);
   }

@@ -457,7 +457,7 @@ function npipe.listen(name, opts, handlers)
     error("listen: allow must be a table or a function", 2)
   end
   check_timeout("listen", 2, o.idle_timeout)
-  local path, err, code = core.resolve(name, true)
+  local path, err, code = core.resolve(name, "create")
   if not path then return nil, err, code end
   local c
   c, err, code = core.listen(path, o.framing, o.max_message, o.high_water, o.mode, o.backlog,
@@ -512,7 +512,10 @@ function npipe.connect(name, opts)
   local o = options("connect", opts, CLIENT_OPTS)
   check_timeout("connect", 2, o.timeout)
   check_type("connect", 2, o.expect, "table", true)
-  local path, err, code = core.resolve(name, false)
+  -- "check": a per-user directory that another user owns or can write to is refused,
+  -- since its owner decides which socket answers; again before each retry, since a
+  -- directory missing at first may be created meanwhile, by anyone.
+  local path, err, code = core.resolve(name, "check")
   if not path then return nil, err, code end
   local deadline = o.timeout and core.now() + o.timeout
   local last_err
@@ -541,6 +544,8 @@ function npipe.connect(name, opts)
     end
     last_err = err
     sched.sleep(math.min(RETRY_SECONDS, math.max(0, deadline - core.now())))
+    path, err, code = core.resolve(name, "check")
+    if not path then return nil, err, code end
   end
 end
 
@@ -578,7 +583,7 @@ end
 
 --- The per-user directory that bare names live in.
 function npipe.dir()
-  local path, err, code = core.resolve("x", false)
+  local path, err, code = core.resolve("x", "trust")
   if not path then return nil, err, code end
   return (path:gsub("/x$", ""))
 end
@@ -842,7 +847,7 @@ end
 --- What a pipe name resolves to (a socket path on Unix).
 function npipe.path(name)
   check_type("path", 1, name, "string")
-  return core.resolve(name, false)
+  return core.resolve(name, "trust")
 end
 
 --- GetNamedPipeServerSessionId for servers of this process.
