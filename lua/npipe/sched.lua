@@ -99,7 +99,9 @@ local function start(owner, fn, a, b, c)
   current = co
   local ok, tag = coroutine_resume(co, fn, a, b, c)
   current = prev
-  if ok and tag == DONE then -- the common case (the job ran to its end), inline
+  -- The common case (the job ran to its end), inline: calling finish() here instead costs
+  -- about 4.7% more instructions per round trip (callgrind, bench/prof/profile.sh 3 16).
+  if ok and tag == DONE then
     npool = npool + 1
     pool[npool] = co
     if owner then
