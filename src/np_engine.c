@@ -164,13 +164,19 @@ static void on_conn_closed(uv_handle_t *h) {
   handle_gone(e);
 }
 
+/* The host no longer waits. A conn that on_flush_poll holds in its own list at this
+ * moment (an event of another conn led here) is not in e->flushing: it stays linked,
+ * since unlinking it would cut that list, and the poll skips it as no longer pending. */
 static void flush_forget(np_conn *c) {
-  np_conn **p = &c->e->flushing;
-  while (c->flush_listed && *p && *p != c) p = &(*p)->flush_next;
-  if (c->flush_listed && *p) *p = c->flush_next;
-  c->flush_listed = 0;
   c->flush_pending = 0;
-  c->flush_next = NULL;
+  for (np_conn **p = &c->e->flushing; c->flush_listed && *p; p = &(*p)->flush_next) {
+    if (*p == c) {
+      *p = c->flush_next;
+      c->flush_next = NULL;
+      c->flush_listed = 0;
+      break;
+    }
+  }
   np_platform_flush_cancel(c->flush_op);
   c->flush_op = NULL;
 }
@@ -418,7 +424,7 @@ static void on_flush_poll(uv_timer_t *t) {
     list = c->flush_next;
     c->flush_next = NULL;
     c->flush_listed = 0;
-    if (c->state != C_OPEN) continue;
+    if (c->state != C_OPEN || !c->flush_pending) continue;
     int rc = flush_check(c);
     if (rc < 0) conn_fail(c, rc, "flush");
     else if (rc == 1) flush_finished(c);

@@ -23,12 +23,15 @@ static int failures;
   } while (0)
 
 typedef struct {
-  np_conn *server_side, *client;
+  np_conn *server_side, *client, *client2; /* client2: a second client, which does not echo */
   int accepted, connected, closed_server, closed_client, flushed, released;
   char last_server_msg[64], last_client_msg[64];
   int server_msgs, client_msgs;
   char close_code[32];
   char path[512];
+  /* a flushed event of cancel_when cancels the flush of cancel_target */
+  np_conn *cancel_when, *cancel_target;
+  int cancelled, flushed_after_cancel;
 } world;
 
 static world W;
@@ -41,6 +44,7 @@ static void on_accept(np_server *s, np_conn *c) {
 }
 
 static int on_frame(np_conn *c, const char *data, size_t len) {
+  if (c == W.client2) return 0;
   char *dst = c == W.client ? W.last_client_msg : W.last_server_msg;
   snprintf(dst, 64, "%.*s", (int)len, data);
   if (c == W.client) {
@@ -67,8 +71,12 @@ static void on_connected(np_conn *c, int status) {
 }
 
 static void on_flushed(np_conn *c) {
-  (void)c;
   W.flushed++;
+  if (W.cancelled && c == W.cancel_target) W.flushed_after_cancel++;
+  if (c == W.cancel_when && !W.cancelled) {
+    np_conn_flush_cancel(W.cancel_target);
+    W.cancelled = 1;
+  }
 }
 
 static void on_released(void *data) {
@@ -261,6 +269,30 @@ static void test_flush_waits_for_reader(void) {
   printf("ok flush_waits_for_reader\n");
 }
 
+/* A flush cancelled from the flushed event of another connection, in the same poll,
+ * reports nothing, and the poll goes on with the connections after it. */
+static void test_cancel_from_flushed_event(void) {
+  uv_loop_t loop;
+  np_server *s = NULL;
+  np_engine *e = open_pair(&loop, "engine-cancel", NP_FRAMING_MESSAGE, 1024, &s);
+  np_conn *first = W.server_side;
+  np_conn_opts co = {NP_FRAMING_MESSAGE, 1024, 1 << 20};
+  CHECK(np_conn_connect(e, W.path, &co, &W.client2) == 0);
+  run_until(&loop, &W.accepted, 2);
+  np_conn *second = W.server_side;
+  CHECK(np_conn_write(first, "a", 1) == 0 && np_conn_write(second, "b", 1) == 0);
+  /* Both clients read at the loop's next turn, before the 2 ms poll, which then finds
+   * both done. Its list is last in, first out: second's event cancels first's flush. */
+  CHECK(np_conn_flush(first) == 0 && np_conn_flush(second) == 0);
+  W.cancel_when = second;
+  W.cancel_target = first;
+  run_until(&loop, &W.cancelled, 1);
+  run_for(&loop, 30);
+  CHECK(W.cancelled == 1 && W.flushed_after_cancel == 0);
+  close_pair(&loop, e, s);
+  printf("ok cancel_from_flushed_event\n");
+}
+
 /* DisconnectNamedPipe drops what the client has not read; a Unix peer still reads it. */
 static void test_disconnect_drops_unread(void) {
   uv_loop_t loop;
@@ -367,6 +399,7 @@ int main(void) {
   test_flush_waits_for_reader();
   test_disconnect_drops_unread();
   test_end_keeps_unread();
+  test_cancel_from_flushed_event();
   test_give_up_connecting();
   test_release();
   return failures ? 1 : 0;
