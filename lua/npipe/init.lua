@@ -512,14 +512,14 @@ function npipe.connect(name, opts)
   local o = options("connect", opts, CLIENT_OPTS)
   check_timeout("connect", 2, o.timeout)
   check_type("connect", 2, o.expect, "table", true)
-  -- "check": a per-user directory that another user owns or can write to is refused,
-  -- since its owner decides which socket answers; again before each retry, since a
-  -- directory missing at first may be created meanwhile, by anyone.
-  local path, err, code = core.resolve(name, "check")
-  if not path then return nil, err, code end
   local deadline = o.timeout and core.now() + o.timeout
   local last_err
   while true do
+    -- "check": a per-user directory that another user owns or can write to is refused,
+    -- since its owner decides which socket answers; before every attempt, since a
+    -- directory missing at first may be created meanwhile, by anyone.
+    local path, err, code = core.resolve(name, "check")
+    if not path then return nil, err, code end
     local conn
     conn, err, code = try_connect(path, o)
     if not conn then return nil, err, code end
@@ -544,8 +544,6 @@ function npipe.connect(name, opts)
     end
     last_err = err
     sched.sleep(math.min(RETRY_SECONDS, math.max(0, deadline - core.now())))
-    path, err, code = core.resolve(name, "check")
-    if not path then return nil, err, code end
   end
 end
 
