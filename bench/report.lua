@@ -94,11 +94,17 @@ p(("- run: %s s measured per run after %s s warm-up, pingpong 16 × 64 B repeate
 p("- server pinned to CPU 1 (taskset -c 1), load generator to CPU 0; a fresh server process for every run")
 p("")
 
+-- What a case's ratios are to: C libuv on the same case; message framing, which only
+-- npipe runs, is compared with C libuv's byte echo at the same load.
+local function reference(case)
+  return get("uv", case) or (case == "pp16msg" and get("uv", "pp16")) or nil
+end
+
 p("### Throughput (higher is better; ratio to C libuv)")
 p("")
 header({ "case", "unit" })
 for _, c in ipairs(CASES) do
-  local base = get("uv", c[1])
+  local base = reference(c[1])
   local any = false
   local row = "| " .. c[2] .. " | " .. c[3]
   for _, s in ipairs(present) do
@@ -106,10 +112,7 @@ for _, c in ipairs(CASES) do
     if r then any = true end
     local v = r and tonumber(r.rate)
     local cell = v and num(v) or "–"
-    if v and s ~= "uv" then
-      local ref = base or (c[1] == "pp16msg" and get("uv", "pp16"))
-      cell = cell .. fmt_ratio(ratio(v, ref and tonumber(ref.rate)))
-    end
+    if v and s ~= "uv" then cell = cell .. fmt_ratio(ratio(v, base and tonumber(base.rate))) end
     if r and tonumber(r.errors) and r.errors > 0 then cell = cell .. " **" .. r.errors .. " errors**" end
     row = row .. " | " .. cell
   end
@@ -123,7 +126,7 @@ p("### Server CPU per operation (µs of utime+stime per round trip / MB / connec
 p("")
 header({ "case" })
 for _, c in ipairs(CASES) do
-  local base = get("uv", c[1]) or (c[1] == "pp16msg" and get("uv", "pp16")) or nil
+  local base = reference(c[1])
   local any = false
   local row = "| " .. c[2]
   for _, s in ipairs(present) do

@@ -60,13 +60,16 @@ local function per(n) return ops and ops > 0 and ("%8.0f"):format(n / ops) or ""
 print(("total: %s instructions%s"):format(total,
   ops and ops > 0 and (" for %d round trips = %.0f instructions per round trip (user space only)"):format(ops, total / ops) or ""))
 print(("start-up and the enclosing call chain down to uv_run (main, npipe.run, pcall, ...): %s of the total is under uv_run"):format(pct(uv_run)))
-print("")
-print("top 15 by inclusive instructions (under uv_run)")
-print(("  %-44s %-16s %14s %7s %9s"):format("function", "in", "Ir", "share", ops and "per rt" or ""))
-for i = 1, math.min(15, #list) do
-  local r = list[i]
-  print(("  %-44s %-16s %14d %7s %9s"):format(r.fn, where(r), r.n, pct(r.n), per(r.n)))
+local function print_top(title, rows)
+  print("")
+  print(title)
+  print(("  %-44s %-16s %14s %7s %9s"):format("function", "in", "Ir", "share", ops and "per rt" or ""))
+  for i = 1, math.min(15, #rows) do
+    local r = rows[i]
+    print(("  %-44s %-16s %14d %7s %9s"):format(r.fn, where(r), r.n, pct(r.n), per(r.n)))
+  end
 end
+print_top("top 15 by inclusive instructions (under uv_run)", list)
 
 -- self: sum recursion levels and ??? / file rows
 local sums, sorder = {}, {}
@@ -79,10 +82,4 @@ end
 local slist = {}
 for _, k in ipairs(sorder) do slist[#slist + 1] = sums[k] end
 table.sort(slist, function(a, b) return a.n > b.n end)
-print("")
-print("top 15 by self instructions (recursion levels summed)")
-print(("  %-44s %-16s %14s %7s %9s"):format("function", "in", "Ir", "share", ops and "per rt" or ""))
-for i = 1, math.min(15, #slist) do
-  local r = slist[i]
-  print(("  %-44s %-16s %14d %7s %9s"):format(r.fn, where(r), r.n, pct(r.n), per(r.n)))
-end
+print_top("top 15 by self instructions (recursion levels summed)", slist)
