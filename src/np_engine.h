@@ -59,7 +59,6 @@ void np_engine_free(np_engine *e);
  * connection now, closes them without any further event, and frees the engine when
  * libuv has called back for the last of its handles, whoever runs the loop then. */
 void np_engine_release(np_engine *e);
-uv_loop_t *np_engine_loop(np_engine *e);
 
 int np_server_listen(np_engine *e, const char *path, const np_server_opts *opts, np_server **out,
                      char *err, size_t errlen);
