@@ -99,7 +99,6 @@ np_engine *np_engine_new(uv_loop_t *loop, const np_events *events) {
   return e;
 }
 
-
 static void conn_end(np_conn *c, const char *code, const char *reason, int notify);
 static void server_conn_gone(np_server *s);
 
