@@ -30,9 +30,10 @@
 #define PATH_MAX_LEN 4096
 #define ERR_LEN 512
 
-enum { EV_ACCEPT, EV_FRAME, EV_CLOSED, EV_CONNECTED, EV_FLUSHED, EV_DRAINED, EV_TIMER, EV_SIGNAL, EV_COUNT };
-static const char *const event_names[EV_COUNT] = {"accept",  "frame",   "closed", "connected",
-                                                  "flushed", "drained", "timer",  "signal"};
+enum { EV_ACCEPT, EV_FRAME, EV_CLOSED, EV_CONNECTED, EV_FLUSHED, EV_DRAINED, EV_EOF, EV_TIMER, EV_SIGNAL,
+       EV_COUNT };
+static const char *const event_names[EV_COUNT] = {"accept",  "frame",   "closed", "connected", "flushed",
+                                                  "drained", "eof",     "timer",  "signal"};
 
 /* What luv calls its callbacks with (luv_CFpcall in luv.h). */
 typedef int (*host_pcall)(lua_State *L, int nargs, int nresults, int flags);
@@ -167,12 +168,11 @@ static void ev_accept(np_server *s, np_conn *c) {
   event_call(sb->x, EV_ACCEPT, 1);
 }
 
-static int ev_frame(np_conn *c, const char *data, size_t len) {
+static void ev_frame(np_conn *c, const char *data, size_t len) {
   box *b = np_conn_data(c);
-  if (!b || !ready(b->x, b) || !event_begin(b->x, EV_FRAME, b)) return 0;
+  if (!b || !ready(b->x, b) || !event_begin(b->x, EV_FRAME, b)) return;
   lua_pushlstring(b->x->L, data, len);
   event_call(b->x, EV_FRAME, 1);
-  return 0;
 }
 
 static void ev_closed(np_conn *c, const char *code, const char *reason) {
@@ -181,9 +181,13 @@ static void ev_closed(np_conn *c, const char *code, const char *reason) {
   b->peer_kept = np_conn_peer(c, &b->cred) == 0;
   b->session = np_conn_peer_session(c);
   if (!ready(b->x, b) || !event_begin(b->x, EV_CLOSED, b)) return;
+  uint64_t bytes, msgs;
+  np_conn_undelivered(c, &bytes, &msgs);
   lua_pushstring(b->x->L, reason);
   lua_pushstring(b->x->L, code);
-  event_call(b->x, EV_CLOSED, 2);
+  lua_pushinteger(b->x->L, (lua_Integer)bytes);
+  lua_pushinteger(b->x->L, (lua_Integer)msgs);
+  event_call(b->x, EV_CLOSED, 4);
 }
 
 static void ev_connected(np_conn *c, int status) {
@@ -208,10 +212,15 @@ static void ev_drained(np_conn *c) {
   if (b && ready(b->x, b)) dispatch0(b->x, EV_DRAINED, b);
 }
 
+static void ev_eof(np_conn *c) {
+  box *b = np_conn_data(c);
+  if (b && ready(b->x, b)) dispatch0(b->x, EV_EOF, b);
+}
+
 static void ev_released(void *data) { ((box *)data)->p = NULL; }
 
-static const np_events engine_events = {ev_accept, ev_frame,   ev_closed,  ev_connected,
-                                        ev_flushed, ev_drained, ev_released};
+static const np_events engine_events = {ev_accept,  ev_frame,   ev_closed,   ev_connected,
+                                        ev_flushed, ev_drained, ev_released, ev_eof};
 
 /* ---- module functions ---- */
 
@@ -248,6 +257,14 @@ static void check_conn_opts(lua_State *L, int idx, np_conn_opts *o) {
   o->framing = (np_framing_mode)framing;
   o->max_message = (size_t)max;
   o->high_water = (size_t)high;
+  o->linger_ms = 0;
+}
+
+/* The linger time in seconds at idx, as the engine's milliseconds. */
+static void check_linger(lua_State *L, int idx, np_conn_opts *o) {
+  lua_Number s = luaL_checknumber(L, idx);
+  luaL_argcheck(L, s >= 0 && s <= 1e9, idx, "linger must be 0 .. 1e9 seconds");
+  o->linger_ms = (uint64_t)(s * 1000);
 }
 
 static int l_listen(lua_State *L) {
@@ -259,6 +276,7 @@ static int l_listen(lua_State *L) {
   o.backlog = (int)luaL_checkinteger(L, 6);
   o.max_instances = (int)luaL_optinteger(L, 7, 0);
   luaL_argcheck(L, o.max_instances >= 0, 7, "max_instances must not be negative");
+  check_linger(L, 8, &o.conn);
   np_server *s;
   char err[ERR_LEN];
   int rc = np_server_listen(x->engine, path, &o, &s, err, sizeof err);
@@ -272,6 +290,7 @@ static int l_connect(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   np_conn_opts o;
   check_conn_opts(L, 2, &o);
+  check_linger(L, 5, &o);
   np_conn *c;
   int rc = np_conn_connect(x->engine, path, &o, &c);
   if (rc < 0) return push_error(L, rc, NULL);
@@ -298,6 +317,7 @@ static int l_open_fd(lua_State *L) {
   int fd = (int)luaL_checkinteger(L, 1);
   np_conn_opts o;
   check_conn_opts(L, 2, &o);
+  check_linger(L, 5, &o);
   np_conn *c;
   int rc = np_conn_open_fd(x->engine, fd, &o, &c);
   if (rc < 0) return push_error(L, rc, NULL);
@@ -440,6 +460,7 @@ static np_conn *open_conn(lua_State *L) {
   return c;
 }
 
+/* true when the write queue is now over high_water (wait for drained), else false. */
 static int conn_write(lua_State *L) {
   box *b = luaL_checkudata(L, 1, CONN_MT);
   size_t len;
@@ -448,7 +469,13 @@ static int conn_write(lua_State *L) {
   int rc;
   WITH_THREAD(b->x, L, rc = np_conn_write(b->p, data, len));
   if (rc < 0) return push_error(L, rc, NULL);
-  lua_pushinteger(L, (lua_Integer)(b->p ? np_conn_queued(b->p) : 0));
+  lua_pushboolean(L, rc);
+  return 1;
+}
+
+static int conn_queued(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  lua_pushinteger(L, b->p ? (lua_Integer)np_conn_queued(b->p) : 0);
   return 1;
 }
 
@@ -475,8 +502,10 @@ static int conn_gc(lua_State *L) {
 static int conn_flush(lua_State *L) {
   box *b = luaL_checkudata(L, 1, CONN_MT);
   if (b->p == NULL) return push_error(L, UV_EPIPE, "pipe is closed");
-  int rc = np_conn_flush(b->p);
-  if (rc < 0) return push_error(L, rc, "pipe is closed");
+  int rc;
+  WITH_THREAD(b->x, L, rc = np_conn_flush(b->p));
+  if (rc == UV_ENOTCONN) return push_error(L, UV_EPIPE, "pipe is closed");
+  if (rc < 0) return push_error(L, rc, "the peer closed the pipe before reading everything");
   lua_pushboolean(L, rc);
   return 1;
 }
@@ -487,13 +516,15 @@ static int conn_flush_cancel(lua_State *L) {
   return 0;
 }
 
-static int conn_pause(lua_State *L) {
-  np_conn_pause(open_conn(L));
-  return 0;
-}
-
-static int conn_resume(lua_State *L) {
-  np_conn_resume(open_conn(L));
+/* hold(reason, on): "user", "jobs" or "inbox" (NP_HOLD_*). A release may deliver kept
+ * frames at once, so events can run inside this call. */
+static int conn_hold(lua_State *L) {
+  static const char *const names[] = {"user", "jobs", "inbox", NULL};
+  static const unsigned bits[] = {NP_HOLD_USER, NP_HOLD_JOBS, NP_HOLD_INBOX};
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  unsigned bit = bits[luaL_checkoption(L, 2, NULL, names)];
+  int on = lua_toboolean(L, 3);
+  if (b->p) WITH_THREAD(b->x, L, np_conn_hold(b->p, bit, on));
   return 0;
 }
 
@@ -720,7 +751,7 @@ static const char *share_refusal(ctx *x, const luv_head *head, lua_Integer fd, l
     return "luv uses another copy of libuv than npipe (linked statically?)";
   int open = 0;
   uv_walk(&x->own, count_open, &open);
-  if (open > 1) /* the engine's flush timer is always there */
+  if (open > 2) /* the engine's flush and linger timers are always there */
     return "npipe already has servers, connections, timers or signals on its own loop";
   return NULL;
 }
@@ -794,7 +825,7 @@ static const luaL_Reg server_methods[] = {
 static const luaL_Reg conn_methods[] = {
     {"write", conn_write},   {"disconnect", conn_disconnect}, {"flush", conn_flush},
     {"flush_cancel", conn_flush_cancel},
-    {"pause", conn_pause},   {"resume", conn_resume},         {"is_open", conn_is_open},
+    {"hold", conn_hold},     {"queued", conn_queued},         {"is_open", conn_is_open},
     {"peer", conn_peer},     {"id", conn_id},                 {NULL, NULL}};
 
 static const luaL_Reg timer_methods[] = {

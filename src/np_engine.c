@@ -8,18 +8,22 @@
  * the read callback returns, so connections do not each hold 64 KiB while idle. */
 #define READ_BUFFER_SIZE (64 * 1024)
 #define FLUSH_POLL_MS 2
+#define LINGER_SWEEP_MS 20
 
-enum { C_CONNECTING, C_OPEN, C_CLOSED };
+/* C_ENDING: a graceful end delivers what is queued; no reading, no new writes. */
+enum { C_CONNECTING, C_OPEN, C_ENDING, C_CLOSED };
 
 struct np_engine {
   uv_loop_t *loop;
   np_events ev;
   np_server *servers;
-  np_conn *conns;      /* open connections */
+  np_conn *conns;      /* open and ending connections */
   np_conn *connecting; /* clients whose connect has not finished */
   np_conn *flushing;
   uv_timer_t flush_timer;
   int flush_timer_on;
+  uv_timer_t linger_timer; /* runs while some connection has a deadline */
+  unsigned lingering;
   uint64_t next_id;
   unsigned handles; /* libuv handles not yet called back after close */
   int releasing;    /* np_engine_release: free at the last close callback */
@@ -40,6 +44,22 @@ struct np_server {
   void *data;
 };
 
+/* Frames waiting to be written, back to back, with where each ends: one allocation
+ * however many frames, and the ends tell how many messages a drop loses. */
+typedef struct np_wq {
+  char *bytes;
+  size_t len, cap;
+  size_t *ends;
+  size_t n, ncap;
+} np_wq;
+
+/* The one write libuv has in flight for a connection. */
+typedef struct np_wout {
+  uv_write_t req;
+  struct np_conn *c;
+  np_wq q;
+} np_wout;
+
 struct np_conn {
   uv_pipe_t pipe;
   np_engine *e;
@@ -49,11 +69,19 @@ struct np_conn {
   np_server *server;
   np_conn_opts opts;
   np_framer fr;
-  size_t queued;
-  unsigned nwrites;
+  np_wout *out;  /* in flight, or NULL */
+  np_wq pend;    /* written while out was in flight: goes out as one write after it */
+  size_t cost;   /* what out and pend hold, bookkeeping included */
+  char *kept;    /* the unread rest of a read that arrived while input was held */
+  size_t kept_len;
+  char *end_why; /* graceful end: "code\0reason" for the closed event */
+  uint64_t deadline; /* loop time (ms) by which an ending or EOF conn closes; 0: none */
+  uint64_t lost_bytes, lost_msgs; /* undelivered, for the closed event */
   int state;
-  int paused;   /* the host asked to stop reading */
-  int reading;  /* libuv is reading now */
+  unsigned hold;     /* NP_HOLD_* set by the host */
+  int feeding;       /* inside the framer: a release of the hold is picked up there */
+  int reading;       /* libuv is reading now */
+  int input_ended;   /* EOF seen */
   int flush_pending; /* the host waits for a flushed event */
   int flush_listed;  /* on the engine's poll list */
   int over_high;
@@ -62,13 +90,6 @@ struct np_conn {
   uint64_t id;
   void *data;
 };
-
-typedef struct np_wreq {
-  uv_write_t req;
-  np_conn *c;
-  size_t len;
-  char bytes[];
-} np_wreq;
 
 /* ---- intrusive lists ---- */
 
@@ -94,12 +115,15 @@ np_engine *np_engine_new(uv_loop_t *loop, const np_events *events) {
   e->next_id = 1;
   uv_timer_init(loop, &e->flush_timer);
   e->flush_timer.data = e;
-  e->handles = 1;
+  uv_timer_init(loop, &e->linger_timer);
+  e->linger_timer.data = e;
+  uv_unref((uv_handle_t *)&e->linger_timer); /* the connections keep the loop alive */
+  e->handles = 2;
   np_platform_init();
   return e;
 }
 
-static void conn_end(np_conn *c, const char *code, const char *reason, int notify);
+static void close_now(np_conn *c, const char *code, const char *reason, int notify);
 static void server_conn_gone(np_server *s);
 
 /* A handle of e has been called back after uv_close: a released engine goes with its last. */
@@ -107,14 +131,15 @@ static void handle_gone(np_engine *e) {
   if (--e->handles == 0 && e->releasing) free(e);
 }
 
-static void on_flush_timer_closed(uv_handle_t *h) { handle_gone(h->data); }
+static void on_timer_closed(uv_handle_t *h) { handle_gone(h->data); }
 
 void np_engine_shutdown(np_engine *e) {
   while (e->servers) np_server_close(e->servers);
-  while (e->conns) conn_end(e->conns, "SHUTDOWN", "engine shut down", 0);
-  while (e->connecting) conn_end(e->connecting, "SHUTDOWN", "engine shut down", 0);
-  if (!uv_is_closing((uv_handle_t *)&e->flush_timer))
-    uv_close((uv_handle_t *)&e->flush_timer, on_flush_timer_closed);
+  while (e->conns) close_now(e->conns, "SHUTDOWN", "engine shut down", 0);
+  while (e->connecting) close_now(e->connecting, "SHUTDOWN", "engine shut down", 0);
+  uv_timer_t *timers[] = {&e->flush_timer, &e->linger_timer};
+  for (int i = 0; i < 2; i++)
+    if (!uv_is_closing((uv_handle_t *)timers[i])) uv_close((uv_handle_t *)timers[i], on_timer_closed);
 }
 
 void np_engine_free(np_engine *e) { free(e); }
@@ -134,6 +159,46 @@ void np_engine_release(np_engine *e) {
   np_engine_shutdown(e);
   e->releasing = 1;
   if (e->handles == 0) free(e);
+}
+
+/* ---- write queue ---- */
+
+/* What a queue costs against high_water: its bytes and one frame end for each frame. */
+static size_t wq_cost(const np_wq *q) { return q->len + q->n * sizeof(size_t); }
+
+static void wq_free(np_wq *q) {
+  free(q->bytes);
+  free(q->ends);
+  memset(q, 0, sizeof *q);
+}
+
+static int grow(void **p, size_t *cap, size_t need, size_t unit, size_t first) {
+  if (need <= *cap) return 0;
+  size_t n = *cap ? *cap : first;
+  while (n < need) n *= 2;
+  void *np = realloc(*p, n * unit);
+  if (np == NULL) return UV_ENOMEM;
+  *p = np;
+  *cap = n;
+  return 0;
+}
+
+/* Appends one frame (bufs, less its first skip bytes) to q. */
+static int wq_push(np_wq *q, const uv_buf_t *bufs, int nbufs, size_t skip) {
+  size_t add = 0;
+  for (int i = 0; i < nbufs; i++) add += bufs[i].len;
+  add -= skip;
+  if (grow((void **)&q->bytes, &q->cap, q->len + add, 1, 256) != 0 ||
+      grow((void **)&q->ends, &q->ncap, q->n + 1, sizeof(size_t), 8) != 0)
+    return UV_ENOMEM;
+  for (int i = 0; i < nbufs; i++) {
+    size_t off = skip < bufs[i].len ? skip : bufs[i].len;
+    skip -= off;
+    memcpy(q->bytes + q->len, bufs[i].base + off, bufs[i].len - off);
+    q->len += bufs[i].len - off;
+  }
+  q->ends[q->n++] = q->len;
+  return 0;
 }
 
 /* ---- connections ---- */
@@ -158,6 +223,9 @@ static void on_conn_closed(uv_handle_t *h) {
   np_engine *e = c->e;
   if (c->data && e->ev.released) e->ev.released(c->data);
   np_framer_free(&c->fr);
+  wq_free(&c->pend);
+  free(c->kept);
+  free(c->end_why);
   free(c);
   handle_gone(e);
 }
@@ -179,11 +247,39 @@ static void flush_forget(np_conn *c) {
   c->flush_op = NULL;
 }
 
-static void conn_end(np_conn *c, const char *code, const char *reason, int notify) {
+static int queue_empty(const np_conn *c) { return c->out == NULL && c->pend.len == 0; }
+
+/* What is still queued at a close: all of pend, and of out what libuv has not written
+ * (write_queue_size), with every frame that ends in that part. */
+static void count_lost(np_conn *c) {
+  c->lost_bytes = c->pend.len;
+  c->lost_msgs = c->pend.n;
+  if (c->out == NULL) return;
+  const np_wq *q = &c->out->q;
+  size_t left = c->pipe.write_queue_size < q->len ? c->pipe.write_queue_size : q->len;
+  size_t written = q->len - left;
+  c->lost_bytes += left;
+  for (size_t i = q->n; i > 0 && q->ends[i - 1] > written; i--) c->lost_msgs++;
+}
+
+static void flush_finished(np_conn *c);
+
+/* A peer that read everything and then closed has still been flushed: tell the host so
+ * before the closed event. Only where the OS counts unread bytes (no thread to wait for). */
+static void flush_at_close(np_conn *c) {
+  if (c->flush_pending && queue_empty(c) && np_platform_unread(&c->pipe) == 0) flush_finished(c);
+}
+
+static void close_now(np_conn *c, const char *code, const char *reason, int notify) {
   if (c->state == C_CLOSED) return;
-  int was_open = c->state == C_OPEN;
+  int was_open = c->state == C_OPEN || c->state == C_ENDING;
+  if (was_open && notify) flush_at_close(c);
+  if (c->state == C_CLOSED) return; /* the flushed event ended it */
   c->state = C_CLOSED;
   flush_forget(c);
+  count_lost(c);
+  if (c->deadline) c->e->lingering--;
+  c->deadline = 0;
   if (was_open) LIST_DEL(c->e->conns, c);
   else LIST_DEL(c->e->connecting, c);
   if (c->server && was_open) server_conn_gone(c->server);
@@ -191,31 +287,181 @@ static void conn_end(np_conn *c, const char *code, const char *reason, int notif
   uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
 }
 
+void np_conn_undelivered(const np_conn *c, uint64_t *bytes, uint64_t *messages) {
+  *bytes = c->lost_bytes;
+  *messages = c->lost_msgs;
+}
+
+/* An ending conn closes with the reason it was given, and says what it could not deliver. */
+static void close_ending(np_conn *c, const char *late) {
+  const char *code = c->end_why, *reason = code + strlen(code) + 1;
+  count_lost(c);
+  char text[400];
+  if (c->lost_bytes > 0)
+    snprintf(text, sizeof text, "%s; %llu bytes (%llu messages) not delivered%s", reason,
+             (unsigned long long)c->lost_bytes, (unsigned long long)c->lost_msgs, late);
+  else
+    snprintf(text, sizeof text, "%s", reason);
+  close_now(c, code, text, 1);
+}
+
 static void conn_fail(np_conn *c, int err, const char *what) {
   char reason[160];
+  /* After the peer's EOF, a failed write means the peer has gone entirely: that is the
+   * end of stream it announced, not an I/O fault. */
+  if (c->input_ended && (err == UV_EPIPE || err == UV_ECONNRESET)) {
+    close_now(c, "EOF", "the peer closed the pipe", 1);
+    return;
+  }
   snprintf(reason, sizeof reason, "%s failed: %s (%s)", what, uv_err_name(err), uv_strerror(err));
-  conn_end(c, uv_err_name(err), reason, 1);
+  close_now(c, uv_err_name(err), reason, 1);
 }
+
+static void on_linger(uv_timer_t *t);
+
+/* Gives c until linger_ms from now to close (kept if it already has a deadline). */
+static void set_deadline(np_conn *c) {
+  np_engine *e = c->e;
+  if (c->deadline) return;
+  c->deadline = uv_now(e->loop) + c->opts.linger_ms;
+  if (e->lingering++ == 0) uv_timer_start(&e->linger_timer, on_linger, LINGER_SWEEP_MS, LINGER_SWEEP_MS);
+}
+
+static void on_linger(uv_timer_t *t) {
+  np_engine *e = t->data;
+  uint64_t now = uv_now(e->loop);
+  np_conn *c = e->conns;
+  while (c) {
+    np_conn *next = c->next; /* closing c takes it off the list */
+    if (c->deadline && now >= c->deadline) {
+      if (c->state == C_ENDING) close_ending(c, " within the linger time");
+      else close_now(c, "EOF", "the peer closed the pipe; its handlers had not finished within the linger time", 1);
+    }
+    c = next;
+  }
+  if (e->lingering == 0) uv_timer_stop(t);
+}
+
+static int held(const np_conn *c) { return c->hold || c->over_high || c->state != C_OPEN; }
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+/* Reading goes on while nothing holds input, no earlier read is still kept, and the
+ * peer has not ended its input. */
+static void update_reading(np_conn *c) {
+  if (c->state == C_CLOSED || c->state == C_CONNECTING) return;
+  int want = !held(c) && c->kept_len == 0 && !c->input_ended;
+  if (want == c->reading) return;
+  c->reading = want;
+  if (want) uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+  else uv_read_stop((uv_stream_t *)&c->pipe);
+}
+
+/* np_conn_end: closes now when nothing is queued, else once the queue drains or the
+ * linger time runs out. */
+void np_conn_end(np_conn *c, const char *code, const char *reason) {
+  code = code ? code : "DISCONNECTED";
+  reason = reason ? reason : "disconnected by the server";
+  if (c->state == C_CONNECTING || (c->state == C_OPEN && queue_empty(c))) {
+    close_now(c, code, reason, 1);
+    return;
+  }
+  if (c->state != C_OPEN) return;
+  size_t lc = strlen(code), lr = strlen(reason);
+  if ((c->end_why = malloc(lc + lr + 2)) == NULL) {
+    close_now(c, code, reason, 1);
+    return;
+  }
+  memcpy(c->end_why, code, lc + 1);
+  memcpy(c->end_why + lc + 1, reason, lr + 1);
+  c->state = C_ENDING;
+  update_reading(c);
+  if (c->opts.linger_ms == 0) close_ending(c, "");
+  else set_deadline(c);
+}
+
+void np_conn_disconnect(np_conn *c, const char *code, const char *reason) {
+  if (c->state == C_OPEN || c->state == C_ENDING) np_platform_disconnect(&c->pipe);
+  close_now(c, code ? code : "DISCONNECTED", reason ? reason : "disconnected by the server", 1);
+}
+
+/* ---- reading ---- */
 
 static int on_frame(void *ctx, const char *data, size_t len) {
   np_conn *c = ctx;
   if (c->server) c->server->stats.messages_in++;
-  int rc = c->e->ev.frame(c, data, len);
-  return rc ? rc : (c->state != C_OPEN);
+  c->e->ev.frame(c, data, len);
+  return held(c); /* stop: closed, ending, or held (then the rest is kept) */
 }
 
+/* A peer that breaks the framing gets no more frames, and still what was written to it. */
 static void framing_error(np_conn *c, int rc) {
   char reason[200];
   if (rc == NP_FRAME_ETOOBIG) {
     snprintf(reason, sizeof reason, "%s too large: %llu bytes, the limit is %zu",
              c->opts.framing == NP_FRAMING_LINES ? "line" : "message",
              (unsigned long long)c->fr.announced, c->opts.max_message);
-    conn_end(c, "EMSGSIZE", reason, 1);
+    np_conn_end(c, "EMSGSIZE", reason);
   } else {
     snprintf(reason, sizeof reason, "end of stream inside a message (%zu bytes of a frame unread)",
              np_framer_pending(&c->fr));
-    conn_end(c, "EPROTO", reason, 1);
+    np_conn_end(c, "EPROTO", reason);
   }
+}
+
+/* Keeps the unread rest of a read (at most one read buffer) until the hold is released. */
+static void keep_rest(np_conn *c, const char *data, size_t n) {
+  if (c->kept == NULL && (c->kept = malloc(READ_BUFFER_SIZE)) == NULL) {
+    np_conn_end(c, "ENOMEM", "out of memory keeping input");
+    return;
+  }
+  memmove(c->kept, data, n);
+  c->kept_len = n;
+}
+
+static void feed(np_conn *c, const char *data, size_t len) {
+  size_t used = 0;
+  c->feeding++;
+  int rc = np_framer_feed_some(&c->fr, data, len, on_frame, c, &used);
+  c->feeding--;
+  if (c->state != C_OPEN) return;
+  if (rc < 0) framing_error(c, rc);
+  else if (used < len) keep_rest(c, data + used, len - used);
+}
+
+static void input_ended(np_conn *c) {
+  int rc = np_framer_finish(&c->fr, on_frame, c);
+  if (c->state != C_OPEN) return;
+  if (rc < 0) {
+    framing_error(c, rc);
+    return;
+  }
+  c->input_ended = 1;
+  update_reading(c);
+  if (c->e->ev.eof == NULL) {
+    np_conn_end(c, "EOF", "the peer closed the pipe");
+    return;
+  }
+  set_deadline(c);
+  c->e->ev.eof(c);
+}
+
+/* Input was held and no longer is: deliver what was kept, then read again. Inside the
+ * framer (a frame's event released it) the running feed goes on by itself. */
+static void release_input(np_conn *c) {
+  if (c->feeding || c->state != C_OPEN) return;
+  if (c->kept_len > 0 && !held(c)) {
+    size_t n = c->kept_len;
+    c->kept_len = 0;
+    feed(c, c->kept, n);
+    if (c->state != C_OPEN) return;
+    if (c->kept_len == 0) {
+      free(c->kept);
+      c->kept = NULL;
+    }
+  }
+  update_reading(c);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -227,32 +473,17 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   np_conn *c = s->data;
-  int rc;
   if (n > 0) {
     if (c->server) c->server->stats.bytes_in += (uint64_t)n;
-    rc = np_framer_feed(&c->fr, buf->base, (size_t)n, on_frame, c);
-    if (rc < 0 && c->state == C_OPEN) framing_error(c, rc);
+    feed(c, buf->base, (size_t)n);
+    update_reading(c); /* a hold set by a frame stops reading here */
   } else if (n == UV_EOF || n == UV_EPIPE) {
     /* EPIPE: Windows reports a read on a pipe that the server ended with
      * DisconnectNamedPipe as ERROR_PIPE_NOT_CONNECTED; it is the same end of stream. */
-    rc = np_framer_finish(&c->fr, on_frame, c);
-    if (c->state != C_OPEN) return;
-    if (rc < 0) framing_error(c, rc);
-    else conn_end(c, "EOF", "the peer closed the pipe", 1);
+    input_ended(c);
   } else if (n < 0) {
     conn_fail(c, (int)n, "read");
   }
-}
-
-/* Reading stops while the host asks (pause) or while the write queue is over the
- * high-water mark, so that neither side's backlog can grow without bound. */
-static void update_reading(np_conn *c) {
-  if (c->state != C_OPEN) return;
-  int want = !c->paused && !c->over_high;
-  if (want == c->reading) return;
-  c->reading = want;
-  if (want) uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
-  else uv_read_stop((uv_stream_t *)&c->pipe);
 }
 
 static int conn_open(np_conn *c) {
@@ -264,50 +495,74 @@ static int conn_open(np_conn *c) {
   return uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
 }
 
+void np_conn_hold(np_conn *c, unsigned reason, int on) {
+  unsigned was = c->hold;
+  c->hold = on ? (c->hold | reason) : (c->hold & ~reason);
+  if (c->hold == was) return;
+  if (c->hold) update_reading(c);
+  else release_input(c);
+}
+
+void np_conn_pause(np_conn *c) { np_conn_hold(c, NP_HOLD_USER, 1); }
+void np_conn_resume(np_conn *c) { np_conn_hold(c, NP_HOLD_USER, 0); }
+
+/* ---- writing ---- */
+
+static void on_write(uv_write_t *req, int status);
+
+static int start_write(np_conn *c, np_wout *w) {
+  uv_buf_t b = uv_buf_init(w->q.bytes, (unsigned)w->q.len);
+  c->out = w;
+  int rc = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
+  if (rc < 0) c->out = NULL;
+  return rc;
+}
+
+/* The queue's cost dropped: below half of high_water the host may write again, and
+ * input held for it flows again. */
+static void after_drain(np_conn *c) {
+  if (!c->over_high || c->cost > c->opts.high_water / 2) return;
+  c->over_high = 0;
+  if (c->e->ev.drained) c->e->ev.drained(c);
+  release_input(c);
+}
+
 static void on_write(uv_write_t *req, int status) {
-  np_wreq *w = (np_wreq *)req;
+  np_wout *w = (np_wout *)req;
   np_conn *c = w->c;
-  c->queued -= w->len;
-  c->nwrites--;
-  free(w);
-  if (c->state != C_OPEN) return;
+  if (c->state == C_CLOSED) { /* cancelled by the close; counted as lost there */
+    wq_free(&w->q);
+    free(w);
+    return;
+  }
+  c->out = NULL;
+  c->cost -= wq_cost(&w->q);
   if (status < 0) {
+    c->lost_bytes += w->q.len; /* not known to have arrived */
+    wq_free(&w->q);
+    free(w);
     conn_fail(c, status, "write");
     return;
   }
-  if (c->over_high && c->queued <= c->opts.high_water / 2) {
-    c->over_high = 0;
-    update_reading(c);
-    if (c->e->ev.drained) c->e->ev.drained(c);
-  }
-}
-
-/* Copies what uv_try_write could not send into one request. */
-static int queue_rest(np_conn *c, uv_buf_t *bufs, int nbufs, size_t skip, size_t rest) {
-  np_wreq *w = malloc(sizeof *w + rest);
-  if (w == NULL) return UV_ENOMEM;
-  size_t at = 0;
-  for (int i = 0; i < nbufs; i++) {
-    size_t off = skip < bufs[i].len ? skip : bufs[i].len;
-    skip -= off;
-    memcpy(w->bytes + at, bufs[i].base + off, bufs[i].len - off);
-    at += bufs[i].len - off;
-  }
-  w->c = c;
-  w->len = rest;
-  uv_buf_t b = uv_buf_init(w->bytes, (unsigned)rest);
-  int rc = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
-  if (rc < 0) {
+  if (c->pend.len > 0) { /* all that was written meanwhile, as one write */
+    np_wq sent = w->q;
+    w->q = c->pend;
+    c->pend = sent;
+    c->pend.len = c->pend.n = 0;
+    int rc = start_write(c, w);
+    if (rc < 0) {
+      conn_fail(c, rc, "write");
+      return;
+    }
+  } else {
+    wq_free(&w->q);
     free(w);
-    return rc;
   }
-  c->queued += rest;
-  c->nwrites++;
-  if (c->queued >= c->opts.high_water && !c->over_high) {
-    c->over_high = 1;
-    update_reading(c); /* a peer that does not read gets no more reads from us either */
+  if (c->state == C_ENDING && queue_empty(c)) {
+    close_ending(c, "");
+    return;
   }
-  return 0;
+  after_drain(c);
 }
 
 /* A small frame is copied into one buffer (scratch) so that it goes out in one write
@@ -337,12 +592,34 @@ static int frame_bufs(np_conn *c, const char *data, size_t len, char *scratch, u
   return n;
 }
 
+/* Queues what the OS did not take at once: behind the write in flight, or as it. */
+static int enqueue(np_conn *c, const uv_buf_t *bufs, int nbufs, size_t skip) {
+  if (c->out) {
+    size_t before = wq_cost(&c->pend);
+    int rc = wq_push(&c->pend, bufs, nbufs, skip);
+    if (rc == 0) c->cost += wq_cost(&c->pend) - before;
+    return rc;
+  }
+  np_wout *w = calloc(1, sizeof *w);
+  if (w == NULL) return UV_ENOMEM;
+  w->c = c;
+  int rc = wq_push(&w->q, bufs, nbufs, skip);
+  if (rc == 0) rc = start_write(c, w);
+  if (rc < 0) {
+    wq_free(&w->q);
+    free(w);
+    return rc;
+  }
+  c->cost += wq_cost(&w->q);
+  return 0;
+}
+
 int np_conn_write(np_conn *c, const char *data, size_t len) {
   if (c->state != C_OPEN) return UV_ENOTCONN;
   if (len > UINT32_MAX) return UV_E2BIG;
-  if (len == 0 && c->opts.framing == NP_FRAMING_BYTES) return 0;
+  if (len == 0 && c->opts.framing == NP_FRAMING_BYTES) return c->over_high;
   char scratch[SMALL_FRAME];
-  uv_buf_t bufs[2];
+  uv_buf_t bufs[3];
   int nbufs = frame_bufs(c, data, len, scratch, bufs);
   size_t total = 0, done = 0;
   for (int i = 0; i < nbufs; i++) total += bufs[i].len;
@@ -350,7 +627,7 @@ int np_conn_write(np_conn *c, const char *data, size_t len) {
     c->server->stats.bytes_out += total;
     c->server->stats.messages_out++;
   }
-  if (c->nwrites == 0) {
+  if (queue_empty(c)) {
     int r = uv_try_write((uv_stream_t *)&c->pipe, bufs, (unsigned)nbufs);
     if (r >= 0) {
       done = (size_t)r;
@@ -359,20 +636,20 @@ int np_conn_write(np_conn *c, const char *data, size_t len) {
       return r;
     }
   }
-  if (done == total) return 0;
-  int rc = queue_rest(c, bufs, nbufs, done, total - done);
-  if (rc < 0) conn_fail(c, rc, "write");
-  return rc;
+  if (done == total) return c->over_high;
+  int rc = enqueue(c, bufs, nbufs, done);
+  if (rc < 0) {
+    conn_fail(c, rc, "write");
+    return rc;
+  }
+  if (c->cost >= c->opts.high_water && !c->over_high) {
+    c->over_high = 1;
+    update_reading(c); /* a peer that does not read gets no more reads from us either */
+  }
+  return c->over_high;
 }
 
-void np_conn_end(np_conn *c, const char *code, const char *reason) {
-  conn_end(c, code ? code : "DISCONNECTED", reason ? reason : "disconnected by the server", 1);
-}
-
-void np_conn_disconnect(np_conn *c, const char *code, const char *reason) {
-  if (c->state == C_OPEN) np_platform_disconnect(&c->pipe);
-  np_conn_end(c, code, reason);
-}
+/* ---- flush ---- */
 
 static void on_flush_poll(uv_timer_t *t);
 
@@ -399,15 +676,17 @@ static void on_flush_op(void *arg, int status) {
   np_conn *c = arg;
   c->flush_op = NULL;
   if (status < 0) conn_fail(c, status, "flush");
-  else if (c->nwrites > 0) flush_list(c); /* written meanwhile: wait for libuv's queue again */
+  else if (!queue_empty(c)) flush_list(c); /* written meanwhile: wait for the queue again */
   else flush_finished(c);
 }
 
-/* 1: the peer has read everything; 0: not yet (an off-thread wait may have started). */
+/* 1: the peer has read everything; 0: not yet (an off-thread wait may have started);
+ * <0: the peer closed without reading everything. */
 static int flush_check(np_conn *c) {
-  if (c->nwrites > 0 || c->flush_op) return 0;
+  if (!queue_empty(c) || c->flush_op) return 0;
   long unread = np_platform_unread(&c->pipe);
   if (unread >= 0) return unread == 0;
+  if (unread != UV_ENOTSUP) return (int)unread;
   int rc = np_platform_flush_start(c->e->loop, &c->pipe, on_flush_op, c, &c->flush_op);
   return rc == UV_ENOTSUP ? 1 : rc;
 }
@@ -422,7 +701,7 @@ static void on_flush_poll(uv_timer_t *t) {
     list = c->flush_next;
     c->flush_next = NULL;
     c->flush_listed = 0;
-    if (c->state != C_OPEN || !c->flush_pending) continue;
+    if (c->state == C_CLOSED || !c->flush_pending) continue;
     int rc = flush_check(c);
     if (rc < 0) conn_fail(c, rc, "flush");
     else if (rc == 1) flush_finished(c);
@@ -435,8 +714,9 @@ static void on_flush_poll(uv_timer_t *t) {
 }
 
 int np_conn_flush(np_conn *c) {
-  if (c->state != C_OPEN) return UV_ENOTCONN;
+  if (c->state != C_OPEN && c->state != C_ENDING) return UV_ENOTCONN;
   int rc = flush_check(c);
+  if (rc < 0) conn_fail(c, rc, "flush"); /* the peer is gone: so is the connection */
   if (rc != 0) return rc;
   c->flush_pending = 1;
   if (c->flush_op == NULL) flush_list(c);
@@ -444,17 +724,7 @@ int np_conn_flush(np_conn *c) {
 }
 
 void np_conn_flush_cancel(np_conn *c) {
-  if (c->state == C_OPEN) flush_forget(c);
-}
-
-void np_conn_pause(np_conn *c) {
-  c->paused = 1;
-  update_reading(c);
-}
-
-void np_conn_resume(np_conn *c) {
-  c->paused = 0;
-  update_reading(c);
+  if (c->state != C_CLOSED) flush_forget(c);
 }
 
 int np_conn_is_open(const np_conn *c) { return c->state == C_OPEN; }
@@ -466,7 +736,7 @@ int np_conn_peer(np_conn *c, np_cred *out) {
 
 long np_conn_peer_session(np_conn *c) { return c->session; }
 
-size_t np_conn_queued(const np_conn *c) { return c->queued; }
+size_t np_conn_queued(const np_conn *c) { return c->cost; }
 uint64_t np_conn_id(const np_conn *c) { return c->id; }
 void np_conn_set_data(np_conn *c, void *data) { c->data = data; }
 void *np_conn_data(const np_conn *c) { return c->data; }
@@ -604,7 +874,7 @@ static void on_connection(uv_stream_t *ls, int status) {
   s->stats.accepted++;
   s->stats.active++;
   if (conn_open(c) != 0) {
-    conn_end(c, "EIO", "could not start reading", 0);
+    close_now(c, "EIO", "could not start reading", 0);
     return;
   }
   if (at_capacity(s)) pause_accepting(s);

@@ -18,8 +18,9 @@ typedef struct np_conn np_conn;
 typedef struct np_events {
   /* A client connected to a server; reading has started. */
   void (*accept)(np_server *s, np_conn *c);
-  /* One chunk, line or message. Non-zero: the host closed the conn, stop delivering. */
-  int (*frame)(np_conn *c, const char *data, size_t len);
+  /* One chunk, line or message. The host may end or hold the connection from here:
+   * the engine delivers no further frame then. */
+  void (*frame)(np_conn *c, const char *data, size_t len);
   /* The connection ended (exactly once per connection that was established).
    * code is a short stable name ("EOF", "DISCONNECTED", "EMSGSIZE", libuv error names). */
   void (*closed)(np_conn *c, const char *code, const char *reason);
@@ -31,12 +32,24 @@ typedef struct np_events {
   void (*drained)(np_conn *c);
   /* The engine is about to free an object: forget every pointer to it. */
   void (*released)(void *host_data);
+  /* The peer ended its input (a half-close such as shutdown(SHUT_WR), or a close):
+   * every frame it sent has been delivered, reading has stopped, and the connection
+   * stays open for writing until the host ends it (np_conn_end), at the latest after
+   * the linger time, when the engine ends it with code "EOF". NULL: the engine ends it
+   * itself at once, gracefully. */
+  void (*eof)(np_conn *c);
 } np_events;
 
 typedef struct np_conn_opts {
   np_framing_mode framing;
   size_t max_message;
-  size_t high_water; /* queued bytes at which writes report backpressure */
+  /* What the write queue may cost before np_conn_write reports backpressure and the
+   * engine stops reading and delivering frames; the cost counts every byte held,
+   * frame bookkeeping included, so that many tiny writes are bounded too. */
+  size_t high_water;
+  /* How long a graceful end (np_conn_end, or the peer's EOF) may take to deliver
+   * what is queued, in ms; what is left then is dropped and reported. */
+  uint64_t linger_ms;
 } np_conn_opts;
 
 typedef struct np_server_opts {
@@ -72,27 +85,44 @@ int np_conn_connect(np_engine *e, const char *path, const np_conn_opts *opts, np
 /* Wraps an open file descriptor (a pipe, socket or terminal such as stdin) as a
  * connection, so that a host reads it with the same framing and events. */
 int np_conn_open_fd(np_engine *e, int fd, const np_conn_opts *opts, np_conn **out);
-/* Queues len bytes as one frame. 0, or a negative uv error code. */
+/* Queues len bytes as one frame: 0, 1 when the queue's cost is now at or above
+ * high_water (the host should wait for the drained event before writing more), or a
+ * negative uv error code (UV_ENOTCONN once the connection is ending or closed; an I/O
+ * error also ends it, and then the closed event has run before this returns). */
 int np_conn_write(np_conn *c, const char *data, size_t len);
 /* DisconnectNamedPipe: immediate; queued writes and unread input are dropped (on
  * Windows also what the client has not read yet; a Unix peer still reads it).
  * The closed event follows synchronously with the given code and reason. */
 void np_conn_disconnect(np_conn *c, const char *code, const char *reason);
-/* The same, except that what was written before stays readable by the peer on every
- * OS (CloseHandle without DisconnectNamedPipe): for ends the host's user did not ask
- * for, such as a handler error or an idle timeout. */
+/* A graceful end (CloseHandle without DisconnectNamedPipe): reading stops at once,
+ * writes are refused, what is queued is delivered while the peer reads, for up to
+ * the linger time, then the connection closes. The closed event comes then (at once,
+ * inside this call, when nothing is queued); what could not be delivered is added to
+ * its reason and told by np_conn_undelivered. For ends the host's user did not ask
+ * for, such as a handler error or an idle timeout, and the end of a peer's input. */
 void np_conn_end(np_conn *c, const char *code, const char *reason);
+/* In the closed event: what was queued and never reached the peer. */
+void np_conn_undelivered(const np_conn *c, uint64_t *bytes, uint64_t *messages);
 /* 1: the peer has read everything; 0: a flushed event will follow; <0: error. */
 int np_conn_flush(np_conn *c);
 /* The host no longer waits for the flushed event (its wait timed out): stop polling,
  * and on Windows interrupt the FlushFileBuffers still blocked on a pool thread. */
 void np_conn_flush_cancel(np_conn *c);
-void np_conn_pause(np_conn *c);
-void np_conn_resume(np_conn *c);
+/* Reasons a host holds a connection's input: while any is set the engine reads
+ * nothing more from the peer and delivers no further frame of what it has read (the
+ * rest of a read is kept, at most one read buffer), so a host's queues are bounded
+ * by the frame that set the hold. The engine adds its own: a write queue over
+ * high_water, the end of input, a graceful end. */
+enum { NP_HOLD_USER = 1, NP_HOLD_JOBS = 2, NP_HOLD_INBOX = 4 };
+void np_conn_hold(np_conn *c, unsigned reason, int on);
+void np_conn_pause(np_conn *c);  /* np_conn_hold(c, NP_HOLD_USER, 1) */
+void np_conn_resume(np_conn *c); /* np_conn_hold(c, NP_HOLD_USER, 0) */
+/* Open for writing: connected, and not ending or closed. */
 int np_conn_is_open(const np_conn *c);
 int np_conn_peer(np_conn *c, np_cred *out);
 /* GetNamedPipeClientSessionId / GetNamedPipeServerSessionId: the peer's session. */
 long np_conn_peer_session(np_conn *c);
+/* What the write queue costs now (bytes held, bookkeeping included). */
 size_t np_conn_queued(const np_conn *c);
 uint64_t np_conn_id(const np_conn *c);
 void np_conn_set_data(np_conn *c, void *data);

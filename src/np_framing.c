@@ -65,8 +65,10 @@ static size_t line_len(const char *p, size_t n) {
   return (n > 0 && p[n - 1] == '\r') ? n - 1 : n;
 }
 
-static int feed_lines(np_framer *f, const char *data, size_t len, np_frame_cb cb, void *ctx) {
-  while (len > 0) {
+static int feed_lines(np_framer *f, const char **pdata, size_t len, np_frame_cb cb, void *ctx) {
+  const char *data = *pdata;
+  int rc = 0;
+  while (len > 0 && rc == 0) {
     const char *nl = memchr(data, '\n', len);
     size_t take = nl ? (size_t)(nl - data) : len;
     size_t total = f->len + take;
@@ -77,19 +79,23 @@ static int feed_lines(np_framer *f, const char *data, size_t len, np_frame_cb cb
       f->announced = payload;
       return NP_FRAME_ETOOBIG;
     }
-    if (nl == NULL) return append(f, data, len);
-    int rc;
-    if (f->len == 0) {
-      rc = cb(ctx, data, line_len(data, take));
-    } else {
-      append(f, data, take);
-      rc = deliver_buffered(f, line_len(f->buf, f->len), cb, ctx);
+    if (nl == NULL) {
+      append(f, data, len);
+      data += len;
+      break;
     }
-    if (rc) return rc;
+    const char *line = data;
     data += take + 1;
     len -= take + 1;
+    if (f->len == 0) {
+      rc = cb(ctx, line, line_len(line, take));
+    } else {
+      append(f, line, take);
+      rc = deliver_buffered(f, line_len(f->buf, f->len), cb, ctx);
+    }
   }
-  return 0;
+  *pdata = data;
+  return rc;
 }
 
 /* Consumes header bytes; returns how many were used. */
@@ -105,19 +111,20 @@ static size_t take_header(np_framer *f, const char *data, size_t len) {
   return n;
 }
 
-static int feed_message(np_framer *f, const char *data, size_t len, np_frame_cb cb, void *ctx) {
-  while (len > 0) {
+static int feed_message(np_framer *f, const char **pdata, size_t len, np_frame_cb cb, void *ctx) {
+  const char *data = *pdata;
+  int rc = 0;
+  while (len > 0 && rc == 0) {
     if (f->hdr_len < NP_MESSAGE_HEADER) {
       size_t n = take_header(f, data, len);
       data += n;
       len -= n;
-      if (f->hdr_len < NP_MESSAGE_HEADER) return 0;
+      if (f->hdr_len < NP_MESSAGE_HEADER) break;
       if (f->want > f->max_message) {
         f->announced = f->want;
         return NP_FRAME_ETOOBIG;
       }
     }
-    int rc;
     if (f->len == 0 && len >= f->want) { /* whole payload in hand: no copy */
       rc = cb(ctx, data, f->want);
       data += f->want;
@@ -128,21 +135,32 @@ static int feed_message(np_framer *f, const char *data, size_t len, np_frame_cb 
       append(f, data, n);
       data += n;
       len -= n;
-      if (f->len < f->want) return 0;
+      if (f->len < f->want) break;
       rc = deliver_buffered(f, f->want, cb, ctx);
     }
     f->hdr_len = 0;
-    if (rc) return rc;
   }
-  return 0;
+  *pdata = data;
+  return rc;
+}
+
+int np_framer_feed_some(np_framer *f, const char *data, size_t len, np_frame_cb cb, void *ctx, size_t *used) {
+  const char *at = data;
+  int rc;
+  switch (f->mode) {
+    case NP_FRAMING_LINES: rc = feed_lines(f, &at, len, cb, ctx); break;
+    case NP_FRAMING_MESSAGE: rc = feed_message(f, &at, len, cb, ctx); break;
+    default:
+      rc = len ? cb(ctx, data, len) : 0;
+      at = data + len;
+  }
+  *used = (size_t)(at - data);
+  return rc;
 }
 
 int np_framer_feed(np_framer *f, const char *data, size_t len, np_frame_cb cb, void *ctx) {
-  switch (f->mode) {
-    case NP_FRAMING_LINES: return feed_lines(f, data, len, cb, ctx);
-    case NP_FRAMING_MESSAGE: return feed_message(f, data, len, cb, ctx);
-    default: return len ? cb(ctx, data, len) : 0;
-  }
+  size_t used;
+  return np_framer_feed_some(f, data, len, cb, ctx, &used);
 }
 
 int np_framer_finish(np_framer *f, np_frame_cb cb, void *ctx) {

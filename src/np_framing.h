@@ -35,6 +35,10 @@ void np_framer_free(np_framer *f);
 /* Feeds len bytes; calls cb for each complete frame. Returns 0, a decoder error,
  * or the callback's non-zero stop value. After a decoder error the framer must not be fed again. */
 int np_framer_feed(np_framer *f, const char *data, size_t len, np_frame_cb cb, void *ctx);
+/* The same, and *used tells how many bytes were consumed: after a stop by the callback
+ * the rest (data + *used) has not been looked at, so a receiver that stopped to catch
+ * its breath can feed it later. */
+int np_framer_feed_some(np_framer *f, const char *data, size_t len, np_frame_cb cb, void *ctx, size_t *used);
 
 /* End of stream: in lines mode a last unterminated line is delivered; in message mode
  * a partial message gives NP_FRAME_EPARTIAL. */

@@ -50,8 +50,9 @@ long np_platform_session_id(void);
 long np_platform_peer_session(uv_pipe_t *pipe, const np_cred *cred);
 long np_platform_pid(void);
 
-/* Bytes written on this pipe that the peer has not read yet (SIOCOUTQ on Linux).
- * <0 when the OS cannot tell, in which case a flush only waits for libuv's queue. */
+/* Bytes written on this pipe that the peer has not read yet (SIOCOUTQ on Linux);
+ * UV_ECONNRESET when the peer closed without reading them all; UV_ENOTSUP when the
+ * OS cannot tell, in which case np_platform_flush_start waits instead. */
 long np_platform_unread(uv_pipe_t *pipe);
 
 /* A flush that waits off the loop thread (Windows: FlushFileBuffers, which blocks until

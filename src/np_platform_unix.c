@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -169,15 +170,21 @@ long np_platform_peer_session(uv_pipe_t *pipe, const np_cred *cred) {
 
 long np_platform_pid(void) { return (long)getpid(); }
 
+/* A peer that closes with our bytes unread frees them, so SIOCOUTQ reads 0 as if it
+ * had read them; but Linux first marks our socket with ECONNRESET, which poll shows as
+ * POLLERR without consuming it (a read would). */
 long np_platform_unread(uv_pipe_t *pipe) {
 #if defined(SIOCOUTQ)
   int n = 0;
   int fd = pipe_fd(pipe);
-  if (fd < 0 || ioctl(fd, SIOCOUTQ, &n) != 0) return -1;
-  return n;
+  if (fd < 0 || ioctl(fd, SIOCOUTQ, &n) != 0) return UV_ENOTSUP;
+  if (n > 0) return n;
+  struct pollfd p = {.fd = fd, .events = 0, .revents = 0};
+  if (poll(&p, 1, 0) == 1 && (p.revents & POLLERR)) return UV_ECONNRESET;
+  return 0;
 #else
   (void)pipe;
-  return -1;
+  return UV_ENOTSUP;
 #endif
 }
 

@@ -90,7 +90,7 @@ long np_platform_pid(void) { return (long)GetCurrentProcessId(); }
 /* No count of unread bytes on a named pipe: np_platform_flush_start waits instead. */
 long np_platform_unread(uv_pipe_t *pipe) {
   (void)pipe;
-  return -1;
+  return UV_ENOTSUP;
 }
 
 /* ---- flush: FlushFileBuffers on a threadpool thread ---- */

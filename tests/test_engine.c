@@ -43,8 +43,8 @@ static void on_accept(np_server *s, np_conn *c) {
   np_conn_set_data(c, &W);
 }
 
-static int on_frame(np_conn *c, const char *data, size_t len) {
-  if (c == W.client2) return 0;
+static void on_frame(np_conn *c, const char *data, size_t len) {
+  if (c == W.client2) return;
   char *dst = c == W.client ? W.last_client_msg : W.last_server_msg;
   snprintf(dst, 64, "%.*s", (int)len, data);
   if (c == W.client) {
@@ -53,7 +53,6 @@ static int on_frame(np_conn *c, const char *data, size_t len) {
     W.server_msgs++;
     np_conn_write(c, data, len); /* echo */
   }
-  return 0;
 }
 
 static void on_closed(np_conn *c, const char *code, const char *reason) {
@@ -84,7 +83,7 @@ static void on_released(void *data) {
   W.released++;
 }
 
-static const np_events EVENTS = {on_accept, on_frame, on_closed, on_connected, on_flushed, NULL, on_released};
+static const np_events EVENTS = {on_accept, on_frame, on_closed, on_connected, on_flushed, NULL, on_released, NULL};
 
 /* The platform's form of a pipe name: a socket path on Unix, \\.\pipe\NAME on Windows. */
 static void pipe_path(const char *tag, char *out, size_t outlen) {
@@ -127,7 +126,7 @@ static void test_echo_flush_disconnect(void) {
   np_engine *e = np_engine_new(&loop, &EVENTS);
   char path[512], err[256];
   pipe_path("engine-test", path, sizeof path);
-  np_server_opts so = {{NP_FRAMING_MESSAGE, 1024, 1 << 20}, 0600, 16, 0};
+  np_server_opts so = {{NP_FRAMING_MESSAGE, 1024, 1 << 20, 1000}, 0600, 16, 0};
   np_server *s = NULL;
   CHECK(np_server_listen(e, path, &so, &s, err, sizeof err) == 0);
   CHECK(np_conn_connect(e, path, &so.conn, &W.client) == 0);
@@ -207,8 +206,8 @@ static np_engine *open_pair(uv_loop_t *loop, const char *tag, np_framing_mode fr
   uv_loop_init(loop);
   np_engine *e = np_engine_new(loop, &EVENTS);
   pipe_path(tag, W.path, sizeof W.path);
-  np_server_opts so = {{framing, max_message, 1 << 20}, 0600, 16, 0};
-  np_conn_opts co = {framing, 1024, 1 << 20};
+  np_server_opts so = {{framing, max_message, 1 << 20, 1000}, 0600, 16, 0};
+  np_conn_opts co = {framing, 1024, 1 << 20, 1000};
   CHECK(np_server_listen(e, W.path, &so, s, err, sizeof err) == 0);
   CHECK(np_conn_connect(e, W.path, &co, &W.client) == 0);
   run_until(loop, &W.connected, 1);
@@ -276,7 +275,7 @@ static void test_cancel_from_flushed_event(void) {
   np_server *s = NULL;
   np_engine *e = open_pair(&loop, "engine-cancel", NP_FRAMING_MESSAGE, 1024, &s);
   np_conn *first = W.server_side;
-  np_conn_opts co = {NP_FRAMING_MESSAGE, 1024, 1 << 20};
+  np_conn_opts co = {NP_FRAMING_MESSAGE, 1024, 1 << 20, 1000};
   CHECK(np_conn_connect(e, W.path, &co, &W.client2) == 0);
   run_until(&loop, &W.accepted, 2);
   np_conn *second = W.server_side;
@@ -358,7 +357,7 @@ static void test_give_up_connecting(void) {
   uv_loop_t loop;
   np_server *s = NULL;
   np_engine *e = open_pair(&loop, "engine-giveup", NP_FRAMING_LINES, 1024, &s);
-  np_conn_opts co = {NP_FRAMING_LINES, 1024, 1 << 20};
+  np_conn_opts co = {NP_FRAMING_LINES, 1024, 1 << 20, 1000};
   np_conn *late = NULL;
   CHECK(np_conn_connect(e, W.path, &co, &late) == 0);
   np_conn_disconnect(late, "ECANCELED", "given up"); /* before its connect finished */
@@ -377,7 +376,7 @@ static void test_release(void) {
   uv_loop_t loop;
   np_server *s = NULL;
   np_engine *e = open_pair(&loop, "engine-release", NP_FRAMING_LINES, 1024, &s);
-  np_conn_opts co = {NP_FRAMING_LINES, 1024, 1 << 20};
+  np_conn_opts co = {NP_FRAMING_LINES, 1024, 1 << 20, 1000};
   np_conn_set_data(W.client, &W);
   np_server_set_data(s, &W);
   np_conn *connecting = NULL;

@@ -15,6 +15,7 @@ local DEFAULTS = {
   high_water = 1024 * 1024,
   mode = "0600",
   backlog = 511,
+  linger = 5,
 }
 local INBOX_PAUSE = 32  -- unread messages (or queued handler jobs) at which reading stops
 local INBOX_RESUME = 8
@@ -35,8 +36,9 @@ local function check_timeout(fname, n, t)
 end
 
 local SERVER_OPTS = { framing = true, max_message = true, high_water = true, mode = true, backlog = true,
-                      allow = true, idle_timeout = true, max_instances = true }
-local CLIENT_OPTS = { framing = true, max_message = true, high_water = true, timeout = true, expect = true }
+                      allow = true, idle_timeout = true, max_instances = true, linger = true }
+local CLIENT_OPTS = { framing = true, max_message = true, high_water = true, timeout = true, expect = true,
+                      linger = true }
 
 local function options(fname, opts, known)
   check_type(fname, 2, opts, "table", true)
@@ -53,6 +55,9 @@ local function options(fname, opts, known)
   elseif type(o.mode) ~= "number" or o.mode < 0 or o.mode > 511 or o.mode % 1 ~= 0 then
     -- 0666 in Lua source is decimal 666: insist on a string for anything that is not plainly bits
     error(fname .. ": mode must be an octal string such as '0660' (or a number 0..511)", 3)
+  end
+  if type(o.linger) ~= "number" or o.linger < 0 then
+    error(fname .. ": linger must be a non-negative number of seconds", 3)
   end
   return o
 end
@@ -76,16 +81,17 @@ end
 
 Conn.__close = function(self) self:disconnect() end
 
--- job queue (see sched.submit)
+-- job queue (see sched.submit). While it is long the engine holds this connection's
+-- input (reads nothing, delivers no frame), so it grows by at most one frame past the mark.
 function Conn:_enqueue(job)
   local q = self._q
   if not q then q = { head = 1, tail = 0 }; self._q = q end
   q.tail = q.tail + 1
   q[q.tail] = job
   self._qn = self._qn + 1
-  if self._qn >= INBOX_PAUSE and not self._closed and not self._paused then
-    self._paused = true
-    self._c:pause()
+  if self._qn >= INBOX_PAUSE and not self._jobs_held then
+    self._jobs_held = true
+    self._c:hold("jobs", true)
   end
 end
 
@@ -96,9 +102,13 @@ function Conn:_dequeue()
   q[q.head] = nil
   q.head = q.head + 1
   self._qn = self._qn - 1
-  if self._qn <= INBOX_RESUME and self._paused and not self._inbox_full then
-    self._paused = false
-    if not self._closed then self._c:resume() end
+  if self._qn <= INBOX_RESUME and self._jobs_held then
+    self._jobs_held = false
+    -- Releasing may deliver kept frames at once: marked busy, they queue behind this job.
+    local busy = self._busy
+    self._busy = true
+    self._c:hold("jobs", false)
+    self._busy = busy
   end
   return job
 end
@@ -128,14 +138,16 @@ function Conn:_job_failed(err)
 end
 
 -- drop: DisconnectNamedPipe, which on Windows also takes back what the client has not
--- read; only conn:disconnect() asks for it. Other ends leave written bytes readable.
+-- read; only conn:disconnect() asks for it. Other ends are graceful: what was written is
+-- delivered (for up to the linger time) before the connection closes.
 function Conn:_end_now(reason, code, drop)
-  if self._closed or not self._c:is_open() then return end
+  if self._closed or (self._ending and not drop) then return end
+  self._ending = self._ending or reason
   self._c:disconnect(reason, code, drop)
 end
 
--- Messages kept for conn:read() when no data handler takes them; reading stops
--- while too many (or too many bytes) wait, so a slow reader bounds its own memory.
+-- Messages kept for conn:read() when no data handler takes them; the engine holds
+-- input while too many (or too many bytes) wait, so a slow reader bounds its own memory.
 local function inbox_push(conn, msg)
   local r = conn._readers
   if r and #r > 0 then
@@ -147,9 +159,9 @@ local function inbox_push(conn, msg)
   box.tail = box.tail + 1
   box[box.tail] = msg
   box.bytes = box.bytes + #msg
-  if (box.tail - box.head + 1 >= INBOX_PAUSE or box.bytes >= conn._high_water) and not conn._paused then
-    conn._paused, conn._inbox_full = true, true
-    conn._c:pause()
+  if (box.tail - box.head + 1 >= INBOX_PAUSE or box.bytes >= conn._high_water) and not conn._inbox_held then
+    conn._inbox_held = true
+    conn._c:hold("inbox", true)
   end
 end
 
@@ -160,26 +172,24 @@ local function inbox_pop(conn)
   box[box.head] = nil
   box.head = box.head + 1
   box.bytes = box.bytes - #msg
-  if conn._inbox_full and box.tail - box.head + 1 <= INBOX_RESUME and box.bytes < conn._high_water / 2 then
-    conn._inbox_full = false
-    if conn._qn <= INBOX_RESUME then
-      conn._paused = false
-      if not conn._closed then conn._c:resume() end
-    end
+  if conn._inbox_held and box.tail - box.head + 1 <= INBOX_RESUME and box.bytes < conn._high_water / 2 then
+    conn._inbox_held = false
+    conn._c:hold("inbox", false) -- kept frames may arrive at once, behind msg
   end
   return msg
 end
 
 local function closed_error(conn)
+  if not conn._closed then return nil, "pipe is closing (" .. tostring(conn._ending) .. ")", "EPIPE" end
   return nil, "pipe is closed (" .. tostring(conn._closed) .. ")", "EPIPE"
 end
 
 --- Queues data to the peer (framed as one line or message in those framings).
 function Conn:write(data)
-  if self._closed then return closed_error(self) end
-  local queued, err, code = self._c:write(data) -- raises for a non-string, as Lua's own write does
-  if not queued then return nil, err, code end
-  if queued >= self._high_water and not self._closed then
+  if self._closed or self._ending then return closed_error(self) end
+  local over, err, code = self._c:write(data) -- raises for a non-string, as Lua's own write does
+  if over == nil then return nil, err, code end
+  if over and not self._closed then
     -- backpressure: wait until the peer has read enough, instead of queueing without bound
     local w = waiter()
     local d = self._drainers
@@ -192,12 +202,14 @@ function Conn:write(data)
   return true
 end
 
---- Reads one chunk, line or message; nil, "closed" at the end; nil, "timeout".
+--- Reads one chunk, line or message; nil, "EOF" once the peer ended its input (server
+-- side), nil, "closed" at the end; nil, "timeout".
 function Conn:read(timeout)
   check_timeout("read", 1, timeout)
   local msg = inbox_pop(self)
   if msg then return msg end
   if self._closed then return nil, "closed", self._code end
+  if self._eof then return nil, "EOF", "EOF" end
   local w = waiter()
   local r = self._readers
   if not r then r = {}; self._readers = r end
@@ -255,7 +267,11 @@ function Conn:disconnect(reason)
 end
 Conn.close = Conn.disconnect
 
-function Conn:is_open() return not self._closed end
+function Conn:is_open() return not self._closed and not self._ending end
+--- True once the peer has ended its input (it may still read what this side writes).
+function Conn:input_ended() return self._eof == true end
+--- What npipe could not deliver when the connection closed: bytes, messages.
+function Conn:undelivered() return self._lost_bytes or 0, self._lost_msgs or 0 end
 function Conn:closed_reason() return self._closed, self._code end
 function Conn:id() return self._id end
 function Conn:server() return self._server end
@@ -347,13 +363,16 @@ function Server:is_open() return self._c:is_open() end
 function Server:stats()
   local st = self._c:is_open() and self._c:stats() or self._last_stats
   st.rejected = st.rejected + self._rejected
+  st.dropped_bytes, st.dropped_messages = self._dropped_bytes, self._dropped_msgs
   return st
 end
 
 function Server:_sweep_idle()
   local limit = core.now() - self._idle
   for conn in pairs(self._conns) do
-    if conn._last < limit and conn._busy == nil then conn:_end_now("idle timeout", "ETIMEDOUT") end
+    if conn._last < limit and conn._busy == nil and not conn._ending then
+      conn:_end_now("idle timeout", "ETIMEDOUT")
+    end
   end
 end
 
@@ -365,8 +384,17 @@ function Server:connections()
   return list
 end
 
---- Stops accepting, removes the socket file and ends the connections: at once, or
--- after letting them finish for up to opts.drain seconds.
+local function wait_drained(server, seconds)
+  if not next(server._conns) then return end
+  local w = waiter()
+  server._drained = w
+  wait_for(w, seconds)
+end
+
+--- Stops accepting, removes the socket file and ends the connections gracefully (what
+-- they wrote is delivered for up to the linger time): at once, or after letting them
+-- finish for up to opts.drain seconds. With drain it returns once every connection has
+-- closed, at most drain + linger seconds later.
 function Server:close(opts)
   check_type("close", 1, opts, "table", true)
   if self._c:is_open() then
@@ -376,12 +404,9 @@ function Server:close(opts)
     if self._stop_idle then self._stop_idle() end
   end
   local drain = opts and opts.drain
-  if drain and next(self._conns) then
-    local w = waiter()
-    self._drained = w
-    wait_for(w, drain)
-  end
+  if drain then wait_drained(self, drain) end
   for conn in pairs(self._conns) do conn:_end_now("server closed", "SERVER_CLOSED") end
+  if drain then wait_drained(self, self._linger + 1) end -- the engine ends each within linger
   return true
 end
 
@@ -418,7 +443,7 @@ local function data_handler(h)
 end
 
 local HANDLER_NAMES = { connect = true, data = true, request = true, disconnect = true, error = true,
-                        reject = true }
+                        reject = true, eof = true }
 
 local function is_handlers(t)
   for k in pairs(t) do if HANDLER_NAMES[k] then return true end end
@@ -426,21 +451,18 @@ local function is_handlers(t)
 end
 
 -- A function handler is the whole life of one connection: when it returns, what it
--- wrote is delivered (for up to a second) and the connection ends.
+-- wrote is delivered (for up to the linger time) and the connection ends.
 local function per_connection(fn)
   return function(conn)
     fn(conn)
-    if conn:is_open() then
-      conn:flush(1)
-      conn:disconnect("handler returned")
-    end
+    conn:_end_now("handler returned", "DISCONNECTED")
   end
 end
 
 local function handlers_of(h)
   if type(h) == "function" then return { connect = per_connection(h) } end
   return {
-    connect = h.connect, disconnect = h.disconnect, error = h.error, reject = h.reject,
+    connect = h.connect, disconnect = h.disconnect, error = h.error, reject = h.reject, eof = h.eof,
     data = data_handler(h),
   }
 end
@@ -461,12 +483,13 @@ function npipe.listen(name, opts, handlers)
   if not path then return nil, err, code end
   local c
   c, err, code = core.listen(path, o.framing, o.max_message, o.high_water, o.mode, o.backlog,
-                             o.max_instances or 0)
+                             o.max_instances or 0, o.linger)
   if not c then return nil, err, code end
   local h = handlers_of(handlers)
   local server = setmetatable({ _c = c, _path = path, _conns = {}, _handlers = h, _on_data = h.data,
                                 _allow = o.allow, _idle = o.idle_timeout, _high_water = o.high_water,
-                                _framing = o.framing,
+                                _framing = o.framing, _linger = o.linger,
+                                _dropped_bytes = 0, _dropped_msgs = 0,
                                 _rejected = 0, name = name }, Server)
   core.bind(c, server)
   live_servers[server] = true
@@ -479,7 +502,7 @@ end
 ---- clients ----
 
 local function try_connect(path, o)
-  local c, err, code = core.connect(path, o.framing, o.max_message, o.high_water)
+  local c, err, code = core.connect(path, o.framing, o.max_message, o.high_water, o.linger)
   if not c then return nil, err, code end
   local conn = new_conn(c, nil, o.high_water, o.framing)
   conn._client = true
@@ -572,7 +595,7 @@ end
 function npipe.open_fd(fd, opts)
   check_type("open_fd", 1, fd, "number")
   local o = options("open_fd", opts, CLIENT_OPTS)
-  local c, err, code = core.open_fd(fd, o.framing, o.max_message, o.high_water)
+  local c, err, code = core.open_fd(fd, o.framing, o.max_message, o.high_water, o.linger)
   if not c then return nil, err, code end
   local conn = new_conn(c, nil, o.high_water, o.framing)
   conn._client = true
@@ -679,14 +702,19 @@ local function wake_all(list, ...)
   for i = 1, #list do wake(list[i], ...) end
 end
 
-function events.closed(conn, reason, code)
+function events.closed(conn, reason, code, lost_bytes, lost_msgs)
   conn._closed, conn._code = reason, code
+  conn._lost_bytes, conn._lost_msgs = lost_bytes, lost_msgs
   wake_all(conn._readers, nil, "closed", code)
   wake_all(conn._flushers, nil, "pipe closed before the peer read everything (" .. reason .. ")", code)
   conn._readers, conn._flushers = nil, nil
   wake_all(conn._drainers, nil, "pipe closed (" .. reason .. ")", code)
   conn._drainers = nil
   local server = conn._server
+  if server then
+    server._dropped_bytes = server._dropped_bytes + lost_bytes
+    server._dropped_msgs = server._dropped_msgs + lost_msgs
+  end
   if server and not conn._rejected then
     server._conns[conn] = nil
     local on_disconnect = server._handlers.disconnect
@@ -700,6 +728,26 @@ function events.connected(conn, err, code)
   local w = conn._connw
   if not w then return settle() end -- given up already
   if err then wake(w, nil, err, code) else wake(w, true) end
+  settle()
+end
+
+local function end_at_eof(conn) conn:_end_now("the peer closed the pipe", "EOF") end
+
+-- The peer ended its input. A server connection handles every frame already received,
+-- then its eof handler, then ends (gracefully: what handlers wrote is delivered); the
+-- engine ends it anyway after the linger time. A client ends at once.
+function events.eof(conn)
+  conn._eof = true
+  local server = conn._server
+  if not server or conn._rejected then
+    end_at_eof(conn)
+    return settle()
+  end
+  wake_all(conn._readers, nil, "EOF", "EOF")
+  conn._readers = nil
+  local on_eof = server._handlers.eof
+  if on_eof then submit(conn, on_eof, conn) end
+  submit(conn, end_at_eof, conn)
   settle()
 end
 
