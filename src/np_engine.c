@@ -273,8 +273,6 @@ static void flush_at_close(np_conn *c) {
 static void close_now(np_conn *c, const char *code, const char *reason, int notify) {
   if (c->state == C_CLOSED) return;
   int was_open = c->state == C_OPEN || c->state == C_ENDING;
-  if (was_open && notify) flush_at_close(c);
-  if (c->state == C_CLOSED) return; /* the flushed event ended it */
   c->state = C_CLOSED;
   flush_forget(c);
   count_lost(c);
@@ -295,6 +293,8 @@ void np_conn_undelivered(const np_conn *c, uint64_t *bytes, uint64_t *messages) 
 /* An ending conn closes with the reason it was given, and says what it could not deliver. */
 static void close_ending(np_conn *c, const char *late) {
   const char *code = c->end_why, *reason = code + strlen(code) + 1;
+  flush_at_close(c);
+  if (c->state == C_CLOSED) return; /* the flushed event ended it */
   count_lost(c);
   char text[400];
   if (c->lost_bytes > 0)
@@ -363,6 +363,7 @@ static void update_reading(np_conn *c) {
 void np_conn_end(np_conn *c, const char *code, const char *reason) {
   code = code ? code : "DISCONNECTED";
   reason = reason ? reason : "disconnected by the server";
+  if (c->state == C_OPEN) flush_at_close(c);
   if (c->state == C_CONNECTING || (c->state == C_OPEN && queue_empty(c))) {
     close_now(c, code, reason, 1);
     return;

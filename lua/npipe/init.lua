@@ -270,6 +270,9 @@ Conn.close = Conn.disconnect
 function Conn:is_open() return not self._closed and not self._ending end
 --- True once the peer has ended its input (it may still read what this side writes).
 function Conn:input_ended() return self._eof == true end
+--- What npipe's write queue for this connection costs now, in bytes (bookkeeping
+-- included); high_water bounds it.
+function Conn:queued() return self._c:queued() end
 --- What npipe could not deliver when the connection closed: bytes, messages.
 function Conn:undelivered() return self._lost_bytes or 0, self._lost_msgs or 0 end
 function Conn:closed_reason() return self._closed, self._code end
