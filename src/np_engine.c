@@ -77,6 +77,7 @@ struct np_conn {
   char *end_why; /* graceful end: "code\0reason" for the closed event */
   uint64_t deadline; /* loop time (ms) by which an ending or EOF conn closes; 0: none */
   uint64_t lost_bytes, lost_msgs; /* undelivered, for the closed event */
+  uint64_t failed_bytes, failed_msgs; /* in a write the OS refused: not known to have arrived */
   int state;
   unsigned hold;     /* NP_HOLD_* set by the host */
   int feeding;       /* inside the framer: a release of the hold is picked up there */
@@ -252,8 +253,8 @@ static int queue_empty(const np_conn *c) { return c->out == NULL && c->pend.len 
 /* What is still queued at a close: all of pend, and of out what libuv has not written
  * (write_queue_size), with every frame that ends in that part. */
 static void count_lost(np_conn *c) {
-  c->lost_bytes = c->pend.len;
-  c->lost_msgs = c->pend.n;
+  c->lost_bytes = c->failed_bytes + c->pend.len;
+  c->lost_msgs = c->failed_msgs + c->pend.n;
   if (c->out == NULL) return;
   const np_wq *q = &c->out->q;
   size_t left = c->pipe.write_queue_size < q->len ? c->pipe.write_queue_size : q->len;
@@ -539,7 +540,8 @@ static void on_write(uv_write_t *req, int status) {
   c->out = NULL;
   c->cost -= wq_cost(&w->q);
   if (status < 0) {
-    c->lost_bytes += w->q.len; /* not known to have arrived */
+    c->failed_bytes += w->q.len;
+    c->failed_msgs += w->q.n;
     wq_free(&w->q);
     free(w);
     conn_fail(c, status, "write");
