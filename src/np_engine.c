@@ -220,8 +220,7 @@ static void framing_error(np_conn *c, int rc) {
              (unsigned long long)c->fr.announced, c->opts.max_message);
     conn_end(c, "EMSGSIZE", reason, 1);
   } else {
-    snprintf(reason, sizeof reason, "end of stream inside a message (%zu bytes of a frame unread)",
-             np_framer_pending(&c->fr));
+    np_framer_partial_text(&c->fr, reason, sizeof reason);
     conn_end(c, "EPROTO", reason, 1);
   }
 }
