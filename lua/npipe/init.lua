@@ -123,7 +123,7 @@ function Conn:_job_failed(err)
   else
     sched.report(("handler error on connection #%d"):format(self._id), err)
   end
-  local first = tostring(err):match("^[^\n]*")
+  local first = sched.describe(err):match("^[^\n]*")
   self:_end_now("handler error: " .. first, "EHANDLER") -- its disconnect handler queues after
 end
 
@@ -621,7 +621,7 @@ local events = {}
 local function allowed(policy, who)
   if type(policy) == "function" then
     local ok, yes, why = pcall(policy, who)
-    if not ok then return false, "allow function failed: " .. tostring(yes) end
+    if not ok then return false, "allow function failed: " .. sched.describe(yes) end
     return yes and true or false, why or "refused by the allow function"
   end
   local function member(list, v)
