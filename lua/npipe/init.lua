@@ -346,8 +346,10 @@ function Server:is_open() return self._c:is_open() end
 
 function Server:stats()
   local st = self._c:is_open() and self._c:stats() or self._last_stats
-  st.rejected = st.rejected + self._rejected
-  return st
+  local out = {}
+  for k, v in pairs(st) do out[k] = v end -- not the snapshot itself, which every call would grow
+  out.rejected = st.rejected + self._rejected
+  return out
 end
 
 function Server:_sweep_idle()
