@@ -537,6 +537,7 @@ function npipe.connect(name, opts)
     end
     conn:_end_now("connect abandoned", "ECANCELED")
     if code == "EAGAIN" then err = "all instances of the pipe are busy (EAGAIN)" end
+    if code ~= "ETIMEDOUT" then last_err = err end -- the latest answer, also after a single try (timeout = 0)
     if code == "ETIMEDOUT" or (deadline and core.now() >= deadline and RETRY_CODES[code]) then
       return nil, ("cannot connect to %s: no server answered within %g s%s"):format(
         path, o.timeout, last_err and (" (" .. last_err .. ")") or ""), "ETIMEDOUT"
@@ -544,7 +545,6 @@ function npipe.connect(name, opts)
     if not (deadline and RETRY_CODES[code]) then
       return nil, ("cannot connect to %s: %s"):format(path, err), code
     end
-    last_err = err
     sched.sleep(math.min(RETRY_SECONDS, math.max(0, deadline - core.now())))
   end
 end
