@@ -565,7 +565,9 @@ function npipe.call(name, msg, opts)
   reply, err, code = conn:transact(msg, deadline and math.max(0, deadline - core.now()))
   conn:disconnect("call finished")
   if reply == nil and err == "closed" then
-    return nil, "the server closed the pipe without replying", code
+    -- a server of another framing cannot read the request and often closes at once
+    return nil, ("the server closed the pipe without replying (this call used %s framing; if the"
+      .. " server's framing differs, it could not read the request)"):format(o.framing), code
   end
   return reply, err, code
 end
