@@ -237,7 +237,12 @@ static int l_init(lua_State *L) {
 }
 
 static int l_resolve(lua_State *L) {
-  const char *name = luaL_checkstring(L, 1);
+  size_t len;
+  const char *name = luaL_checklstring(L, 1, &len);
+  /* C would see the name only up to the NUL, and serve or reach another pipe */
+  if (strlen(name) != len)
+    return push_error(L, UV_EINVAL, lua_pushfstring(L, "invalid pipe name: it contains a NUL byte (at byte %d)",
+                                                    (int)strlen(name) + 1));
   static const char *const policies[] = {"trust", "create", "check", NULL};
   int dir = luaL_checkoption(L, 2, "trust", policies); /* the order of NP_DIR_* */
   char path[PATH_MAX_LEN], err[ERR_LEN];

@@ -24,6 +24,8 @@ struct np_engine {
   int flush_timer_on;
   uv_timer_t linger_timer; /* runs while some connection has a deadline */
   unsigned lingering;
+  uv_timer_t accept_timer; /* retries servers that ran out of descriptors */
+  int accept_timer_made;
   uint64_t next_id;
   unsigned handles; /* libuv handles not yet called back after close */
   int releasing;    /* np_engine_release: free at the last close callback */
@@ -31,8 +33,12 @@ struct np_engine {
 };
 
 struct np_server {
-  uv_pipe_t *listener; /* NULL while accepting is paused (max_instances) */
-  int kept;            /* the socket kept open while paused, else -1 */
+  uv_pipe_t *listener;
+  uv_poll_t *poll;   /* watches the listener where the engine accepts itself, else NULL */
+  np_conn *spare;    /* a connection made for a client that was not there (yet) */
+  int polling;       /* poll started */
+  int starved;       /* out of descriptors: accepting waits for one to free */
+  int backlog;       /* what the listener was last listen()ed with */
   np_engine *e;
   np_server *prev, *next;
   char *path;
@@ -141,6 +147,8 @@ void np_engine_shutdown(np_engine *e) {
   uv_timer_t *timers[] = {&e->flush_timer, &e->linger_timer};
   for (int i = 0; i < 2; i++)
     if (!uv_is_closing((uv_handle_t *)timers[i])) uv_close((uv_handle_t *)timers[i], on_timer_closed);
+  if (e->accept_timer_made && !uv_is_closing((uv_handle_t *)&e->accept_timer))
+    uv_close((uv_handle_t *)&e->accept_timer, on_timer_closed);
 }
 
 void np_engine_free(np_engine *e) { free(e); }
@@ -406,8 +414,7 @@ static void framing_error(np_conn *c, int rc) {
              (unsigned long long)c->fr.announced, c->opts.max_message);
     np_conn_end(c, "EMSGSIZE", reason);
   } else {
-    snprintf(reason, sizeof reason, "end of stream inside a message (%zu bytes of a frame unread)",
-             np_framer_pending(&c->fr));
+    np_framer_partial_text(&c->fr, reason, sizeof reason);
     np_conn_end(c, "EPROTO", reason);
   }
 }
@@ -795,6 +802,15 @@ int np_conn_open_fd(np_engine *e, int fd, const np_conn_opts *opts, np_conn **ou
 
 /* ---- servers ---- */
 
+/* Where the platform lets it (Unix), the engine accepts by itself instead of through
+ * uv_listen: libuv 1.44's accept loop (uv__server_io), out of descriptors, accepts and
+ * closes every client waiting in the backlog (uv__emfile_trick), so they would be reset,
+ * unseen and uncounted. Here a server out of descriptors stops watching its socket, and
+ * its clients wait in the backlog until a connection of this engine closes, or until the
+ * accept timer tries again (descriptors may free elsewhere in the process). */
+#define ACCEPT_RETRY_MS 100
+#define ACCEPT_BATCH 64 /* clients accepted per loop turn, so that one server cannot hog it */
+
 static void server_free(np_server *s) {
   if (s->data && s->e->ev.released) s->e->ev.released(s->data);
   free(s->path);
@@ -809,57 +825,115 @@ static void on_listener_closed(uv_handle_t *h) {
   handle_gone(e);
 }
 
-/* A listener that closed without its server (paused, or failed to resume): its data
- * is the engine, since the server may be gone by the time libuv calls back. */
-static void on_spare_listener_closed(uv_handle_t *h) {
+/* A handle that outlives its server (its data is the engine). */
+static void on_spare_handle_closed(uv_handle_t *h) {
   np_engine *e = h->data;
   free(h);
   handle_gone(e);
 }
 
 static void on_connection(uv_stream_t *ls, int status);
-
-static uv_pipe_t *listener_new(np_server *s) {
-  uv_pipe_t *lp = malloc(sizeof *lp);
-  if (lp == NULL) return NULL;
-  uv_pipe_init(s->e->loop, lp, 0);
-  lp->data = s;
-  s->e->handles++;
-  return lp;
-}
-
-/* max_instances reached: stop accepting so that new clients are refused as busy by
- * the OS (and retry, like WaitNamedPipe) instead of waiting unseen in the backlog. */
-static void pause_accepting(np_server *s) {
-  int kept;
-  if (s->listener == NULL || np_platform_listener_detach(s->listener, &kept) != 0) return;
-  s->listener->data = s->e;
-  uv_close((uv_handle_t *)s->listener, on_spare_listener_closed);
-  s->listener = NULL;
-  s->kept = kept;
-}
-
-static void resume_accepting(np_server *s) {
-  if (s->listener != NULL || s->closing) return;
-  uv_pipe_t *lp = listener_new(s);
-  if (lp == NULL) return;
-  if (np_platform_listener_attach(lp, s->kept) != 0 ||
-      uv_listen((uv_stream_t *)lp, s->opts.backlog, on_connection) != 0) {
-    lp->data = s->e;
-    uv_close((uv_handle_t *)lp, on_spare_listener_closed);
-    return; /* the socket stays paused; closing the server releases it */
-  }
-  s->listener = lp;
-  s->kept = -1;
-}
+static void on_listener_ready(uv_poll_t *p, int status, int events);
 
 static int at_capacity(const np_server *s) {
   return s->opts.max_instances > 0 && s->stats.active >= (uint64_t)s->opts.max_instances;
 }
 
+/* Linux queues backlog + 1 clients. With max_instances the backlog is kept one below the
+ * free instances, so that active and waiting clients together never exceed
+ * max_instances + 1, also while a client connects between an accept and the listen()
+ * that follows it: at the limit one client waits and every other is refused as busy
+ * (EAGAIN) at once, however many connected before the server got to accept them. */
+static int wanted_backlog(const np_server *s) {
+  if (s->opts.max_instances <= 0) return s->opts.backlog;
+  long room = (long)s->opts.max_instances - (long)s->stats.active - 1;
+  if (room < 0) room = 0;
+  return room < s->opts.backlog ? (int)room : s->opts.backlog;
+}
+
+/* Watches the socket while the server may accept; adjusts the backlog to the limit. */
+static void server_update(np_server *s) {
+  if (s->closing || s->poll == NULL) return;
+  int backlog = wanted_backlog(s);
+  if (backlog != s->backlog && np_platform_listen(s->listener, backlog) == 0) s->backlog = backlog;
+  int want = !s->starved && !at_capacity(s);
+  if (want == s->polling) return;
+  s->polling = want;
+  if (want) uv_poll_start(s->poll, UV_READABLE, on_listener_ready);
+  else uv_poll_stop(s->poll);
+}
+
+/* Descriptors may be free again: every server that ran out of them tries again. Its
+ * poll reports a waiting client on a later loop turn, after the closes under way. */
+static void wake_starved(np_engine *e) {
+  for (np_server *s = e->servers; s; s = s->next) {
+    if (!s->starved) continue;
+    s->starved = 0;
+    server_update(s);
+  }
+}
+
+static void on_accept_timer(uv_timer_t *t) { wake_starved(t->data); }
+
+static void starve(np_server *s) {
+  np_engine *e = s->e;
+  s->starved = 1;
+  server_update(s);
+  if (!e->accept_timer_made) {
+    uv_timer_init(e->loop, &e->accept_timer);
+    e->accept_timer.data = e;
+    e->accept_timer_made = 1;
+    e->handles++;
+  }
+  uv_timer_start(&e->accept_timer, on_accept_timer, ACCEPT_RETRY_MS, 0);
+}
+
+/* c is open on a new client of s. */
+static void server_take(np_server *s, np_conn *c) {
+  c->server = s;
+  s->stats.accepted++;
+  s->stats.active++;
+  if (conn_open(c) != 0) {
+    close_now(c, "EIO", "could not start reading", 0);
+    return;
+  }
+  server_update(s);
+  s->e->ev.accept(s, c);
+}
+
+static void on_listener_ready(uv_poll_t *p, int status, int events) {
+  np_server *s = p->data;
+  (void)events;
+  if (status < 0) {
+    starve(s);
+    return;
+  }
+  for (int i = 0; i < ACCEPT_BATCH && s->polling && !s->closing; i++) {
+    if (s->spare == NULL && (s->spare = conn_new(s->e, &s->opts.conn)) == NULL) {
+      starve(s); /* out of memory: the client waits, as for descriptors */
+      return;
+    }
+    int rc = np_platform_accept(s->listener, &s->spare->pipe);
+    if (rc == UV_EAGAIN) return;
+    if (rc == UV_ECONNABORTED) continue;
+    if (rc == UV_EMFILE || rc == UV_ENFILE || rc == UV_ENOBUFS || rc == UV_ENOMEM) {
+      starve(s);
+      return;
+    }
+    if (rc < 0) { /* the client was accepted and could not be kept: say so in the count */
+      s->stats.rejected++;
+      continue;
+    }
+    np_conn *c = s->spare;
+    s->spare = NULL;
+    server_take(s, c);
+  }
+}
+
+/* uv_listen's callback, where libuv accepts (Windows). */
 static void on_connection(uv_stream_t *ls, int status) {
   np_server *s = ls->data;
-  if (status < 0) return; /* e.g. EMFILE: the client stays in the backlog */
+  if (status < 0) return;
   np_conn *c = conn_new(s->e, &s->opts.conn);
   if (c == NULL) return;
   if (uv_accept(ls, (uv_stream_t *)&c->pipe) != 0) {
@@ -867,27 +941,43 @@ static void on_connection(uv_stream_t *ls, int status) {
     uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
     return;
   }
-  c->server = s;
-  if (at_capacity(s)) { /* only where pausing is not possible */
+  if (at_capacity(s)) { /* libuv accepts every client: refuse the ones over the limit */
     s->stats.rejected++;
     c->state = C_CLOSED;
     uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
     return;
   }
-  s->stats.accepted++;
-  s->stats.active++;
-  if (conn_open(c) != 0) {
-    close_now(c, "EIO", "could not start reading", 0);
-    return;
-  }
-  if (at_capacity(s)) pause_accepting(s);
-  s->e->ev.accept(s, c);
+  server_take(s, c);
 }
 
 /* A connection of s ended: make room for the next client. */
 static void server_conn_gone(np_server *s) {
   s->stats.active--;
-  if (s->listener == NULL && !at_capacity(s)) resume_accepting(s);
+  server_update(s);
+  wake_starved(s->e);
+}
+
+/* Starts accepting: on a poll of the socket where the platform lets the engine accept,
+ * else through uv_listen. */
+static int start_accepting(np_server *s) {
+  int fd = np_platform_listener_fd(s->listener);
+  if (fd == UV_ENOTSUP) return uv_listen((uv_stream_t *)s->listener, s->opts.backlog, on_connection);
+  if (fd < 0) return fd;
+  s->backlog = wanted_backlog(s);
+  int rc = np_platform_listen(s->listener, s->backlog);
+  if (rc < 0) return rc;
+  uv_poll_t *p = malloc(sizeof *p);
+  if (p == NULL) return UV_ENOMEM;
+  rc = uv_poll_init(s->e->loop, p, fd);
+  if (rc < 0) {
+    free(p);
+    return rc;
+  }
+  p->data = s;
+  s->poll = p;
+  s->e->handles++;
+  server_update(s);
+  return 0;
 }
 
 static int bind_or_reclaim(np_server *s, const char *path, char *err, size_t errlen) {
@@ -902,11 +992,36 @@ static int bind_or_reclaim(np_server *s, const char *path, char *err, size_t err
   return np_platform_bind(s->listener, path, s->opts.mode);
 }
 
+/* Closes what s has open besides its listener, whose close callback frees s. */
+static void server_close_handles(np_server *s) {
+  if (s->poll) {
+    s->poll->data = s->e;
+    uv_close((uv_handle_t *)s->poll, on_spare_handle_closed);
+    s->poll = NULL;
+  }
+  s->polling = 0;
+  if (s->spare) {
+    s->spare->state = C_CLOSED;
+    uv_close((uv_handle_t *)&s->spare->pipe, on_conn_closed);
+    s->spare = NULL;
+  }
+  uv_close((uv_handle_t *)s->listener, on_listener_closed);
+}
+
 static int server_fail(np_server *s, int rc, const char *what, char *err, size_t errlen) {
   if (err[0] == '\0') snprintf(err, errlen, "%s %s: %s", what, s->path, uv_strerror(rc));
   s->closing = 1;
-  uv_close((uv_handle_t *)s->listener, on_listener_closed);
+  server_close_handles(s);
   return rc;
+}
+
+static uv_pipe_t *listener_new(np_server *s) {
+  uv_pipe_t *lp = malloc(sizeof *lp);
+  if (lp == NULL) return NULL;
+  uv_pipe_init(s->e->loop, lp, 0);
+  lp->data = s;
+  s->e->handles++;
+  return lp;
 }
 
 int np_server_listen(np_engine *e, const char *path, const np_server_opts *opts, np_server **out,
@@ -919,7 +1034,6 @@ int np_server_listen(np_engine *e, const char *path, const np_server_opts *opts,
   err[0] = '\0';
   s->e = e;
   s->opts = *opts;
-  s->kept = -1;
   if ((s->listener = listener_new(s)) == NULL) {
     free(s->path);
     free(s);
@@ -928,7 +1042,7 @@ int np_server_listen(np_engine *e, const char *path, const np_server_opts *opts,
   int rc = bind_or_reclaim(s, path, err, errlen);
   if (rc < 0) return server_fail(s, rc, "cannot bind", err, errlen);
   s->have_fid = np_platform_file_id(path, &s->fid) == 0;
-  rc = uv_listen((uv_stream_t *)s->listener, opts->backlog, on_connection);
+  rc = start_accepting(s);
   if (rc < 0) {
     if (s->have_fid) np_platform_unlink_if_same(path, &s->fid);
     return server_fail(s, rc, "cannot listen on", err, errlen);
@@ -945,12 +1059,7 @@ void np_server_close(np_server *s) {
   for (np_conn *c = s->e->conns; c; c = c->next)
     if (c->server == s) c->server = NULL;
   if (s->have_fid) np_platform_unlink_if_same(s->path, &s->fid);
-  if (s->listener) {
-    uv_close((uv_handle_t *)s->listener, on_listener_closed);
-  } else {
-    np_platform_listener_drop(s->kept);
-    server_free(s);
-  }
+  server_close_handles(s);
 }
 
 const char *np_server_path(const np_server *s) { return s->path; }

@@ -1,5 +1,6 @@
 #include "np_framing.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,15 @@ void np_framer_free(np_framer *f) {
 }
 
 size_t np_framer_pending(const np_framer *f) { return f->len + f->hdr_len; }
+
+void np_framer_partial_text(const np_framer *f, char *out, size_t outlen) {
+  if (f->hdr_len < NP_MESSAGE_HEADER)
+    snprintf(out, outlen, "end of stream inside a message header (%zu of %d header bytes missing)",
+             (size_t)NP_MESSAGE_HEADER - f->hdr_len, NP_MESSAGE_HEADER);
+  else
+    snprintf(out, outlen, "end of stream inside a message (%zu of %zu payload bytes missing)",
+             f->want - f->len, f->want);
+}
 
 void np_message_header(char out[NP_MESSAGE_HEADER], uint32_t len) {
   out[0] = (char)(len >> 24);

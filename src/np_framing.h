@@ -47,6 +47,10 @@ int np_framer_finish(np_framer *f, np_frame_cb cb, void *ctx);
 /* Bytes held for an incomplete frame (what a disconnect discards). */
 size_t np_framer_pending(const np_framer *f);
 
+/* After NP_FRAME_EPARTIAL: what was missing, as text ("end of stream inside a message (N of
+ * M payload bytes missing)", or "... message header (N of 4 header bytes missing)"). */
+void np_framer_partial_text(const np_framer *f, char *out, size_t outlen);
+
 /* Writes the 4-byte big-endian header for a message of len bytes. */
 void np_message_header(char out[NP_MESSAGE_HEADER], uint32_t len);
 

@@ -82,12 +82,19 @@ void np_platform_unlink_if_same(const char *path, const np_file_id *id);
  * the file, so closing it never removes it (np_platform_unlink_if_same does). */
 int np_platform_bind(uv_pipe_t *pipe, const char *path, int mode);
 
-/* To stop accepting (max_instances reached) a server closes its listening handle but
- * keeps the socket: detach returns a descriptor that keeps it open and makes the OS
- * refuse new clients at once (busy) instead of queueing them; attach opens a new
- * handle on it. UV_ENOTSUP where the OS cannot do this. */
-int np_platform_listener_detach(uv_pipe_t *listener, int *kept);
-int np_platform_listener_attach(uv_pipe_t *listener, int kept);
-void np_platform_listener_drop(int kept);
+/* Accepting without uv_listen. libuv 1.44's uv_listen accepts in uv__server_io, which on
+ * EMFILE/ENFILE closes the loop's spare descriptor and then accepts and closes every client
+ * waiting in the backlog (uv__emfile_trick in src/unix/stream.c): they are reset, unseen
+ * and uncounted. Where the platform can, the engine watches the listening socket itself
+ * and accepts with these, so that out of descriptors it just stops watching.
+ * listener_fd: the descriptor to watch for waiting clients, or UV_ENOTSUP where the
+ * engine uses uv_listen instead (Windows: libuv creates the instances).
+ * listen: listen(2) with this backlog; called again, it changes the backlog.
+ * accept: opens client (initialised, not open) on one waiting client: 0, UV_EAGAIN when
+ * none waits, or another negative uv error code (UV_EMFILE, UV_ENFILE: no descriptor for
+ * it; the client stays waiting). */
+int np_platform_listener_fd(uv_pipe_t *listener);
+int np_platform_listen(uv_pipe_t *listener, int backlog);
+int np_platform_accept(uv_pipe_t *listener, uv_pipe_t *client);
 
 #endif

@@ -239,17 +239,33 @@ int np_platform_bind(uv_pipe_t *pipe, const char *path, int mode) {
   return rc;
 }
 
-int np_platform_listener_detach(uv_pipe_t *listener, int *kept) {
+int np_platform_listener_fd(uv_pipe_t *listener) {
   int fd = pipe_fd(listener);
-  if (fd < 0) return UV_EBADF;
-  int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (d < 0) return -errno;
-  /* Linux queues backlog+1 clients: with 0, one waits and the rest get EAGAIN. */
-  listen(d, 0);
-  *kept = d;
-  return 0;
+  return fd < 0 ? UV_EBADF : fd;
 }
 
-int np_platform_listener_attach(uv_pipe_t *listener, int kept) { return uv_pipe_open(listener, kept); }
+int np_platform_listen(uv_pipe_t *listener, int backlog) {
+  int fd = pipe_fd(listener);
+  if (fd < 0) return UV_EBADF;
+  return listen(fd, backlog) == 0 ? 0 : -errno;
+}
 
-void np_platform_listener_drop(int kept) { close(kept); }
+int np_platform_accept(uv_pipe_t *listener, uv_pipe_t *client) {
+  int lfd = pipe_fd(listener);
+  if (lfd < 0) return UV_EBADF;
+  int fd;
+  do {
+#if defined(__linux__)
+    fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+#else
+    fd = accept(lfd, NULL, NULL);
+#endif
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
+#if !defined(__linux__)
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+#endif
+  int rc = uv_pipe_open(client, fd); /* makes it non-blocking */
+  if (rc != 0) close(fd);
+  return rc;
+}

@@ -211,17 +211,21 @@ int np_platform_bind(uv_pipe_t *pipe, const char *path, int mode) {
   return uv_pipe_bind(pipe, path);
 }
 
-/* Windows limits instances natively; the engine falls back to refusing at accept. */
-int np_platform_listener_detach(uv_pipe_t *listener, int *kept) {
+/* libuv creates the instances and accepts (uv_listen); its Windows side has no EMFILE
+ * trick, and max_instances falls back to refusing at accept. */
+int np_platform_listener_fd(uv_pipe_t *listener) {
   (void)listener;
-  (void)kept;
   return UV_ENOTSUP;
 }
 
-int np_platform_listener_attach(uv_pipe_t *listener, int kept) {
+int np_platform_listen(uv_pipe_t *listener, int backlog) {
   (void)listener;
-  (void)kept;
+  (void)backlog;
   return UV_ENOTSUP;
 }
 
-void np_platform_listener_drop(int kept) { (void)kept; }
+int np_platform_accept(uv_pipe_t *listener, uv_pipe_t *client) {
+  (void)listener;
+  (void)client;
+  return UV_ENOTSUP;
+}

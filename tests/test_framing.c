@@ -681,6 +681,7 @@ static void test_message_too_big(void) {
 static void test_message_finish_partial(void) {
   np_framer f;
   collector c;
+  char text[160];
   sbuf s = {0};
   collector_init(&c);
   sbuf_add_message(&s, "payload!", 8);
@@ -691,6 +692,8 @@ static void test_message_finish_partial(void) {
   CHECK(np_framer_pending(&f) == 2);
   CHECK(np_framer_finish(&f, collect, &c) == NP_FRAME_EPARTIAL);
   CHECK(c.count == 0);
+  np_framer_partial_text(&f, text, sizeof text);
+  CHECK(strcmp(text, "end of stream inside a message header (2 of 4 header bytes missing)") == 0);
   np_framer_free(&f);
 
   /* a whole header, no payload */
@@ -709,6 +712,9 @@ static void test_message_finish_partial(void) {
   CHECK(np_framer_finish(&f, collect, &c) == NP_FRAME_EPARTIAL);
   CHECK(f.announced == 8);
   CHECK(c.count == 0);
+  /* the header is not payload: 4 of the 8 announced payload bytes came */
+  np_framer_partial_text(&f, text, sizeof text);
+  CHECK(strcmp(text, "end of stream inside a message (4 of 8 payload bytes missing)") == 0);
   np_framer_free(&f);
 
   /* complete messages then half of another */

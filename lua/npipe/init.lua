@@ -133,7 +133,7 @@ function Conn:_job_failed(err)
   else
     sched.report(("handler error on connection #%d"):format(self._id), err)
   end
-  local first = tostring(err):match("^[^\n]*")
+  local first = sched.describe(err):match("^[^\n]*")
   self:_end_now("handler error: " .. first, "EHANDLER") -- its disconnect handler queues after
 end
 
@@ -365,9 +365,11 @@ function Server:is_open() return self._c:is_open() end
 
 function Server:stats()
   local st = self._c:is_open() and self._c:stats() or self._last_stats
-  st.rejected = st.rejected + self._rejected
-  st.dropped_bytes, st.dropped_messages = self._dropped_bytes, self._dropped_msgs
-  return st
+  local out = {}
+  for k, v in pairs(st) do out[k] = v end -- not the snapshot itself, which every call would grow
+  out.rejected = st.rejected + self._rejected
+  out.dropped_bytes, out.dropped_messages = self._dropped_bytes, self._dropped_msgs
+  return out
 end
 
 function Server:_sweep_idle()
@@ -561,6 +563,7 @@ function npipe.connect(name, opts)
     end
     conn:_end_now("connect abandoned", "ECANCELED")
     if code == "EAGAIN" then err = "all instances of the pipe are busy (EAGAIN)" end
+    if code ~= "ETIMEDOUT" then last_err = err end -- the latest answer, also after a single try (timeout = 0)
     if code == "ETIMEDOUT" or (deadline and core.now() >= deadline and RETRY_CODES[code]) then
       return nil, ("cannot connect to %s: no server answered within %g s%s"):format(
         path, o.timeout, last_err and (" (" .. last_err .. ")") or ""), "ETIMEDOUT"
@@ -568,7 +571,6 @@ function npipe.connect(name, opts)
     if not (deadline and RETRY_CODES[code]) then
       return nil, ("cannot connect to %s: %s"):format(path, err), code
     end
-    last_err = err
     sched.sleep(math.min(RETRY_SECONDS, math.max(0, deadline - core.now())))
   end
 end
@@ -589,7 +591,9 @@ function npipe.call(name, msg, opts)
   reply, err, code = conn:transact(msg, deadline and math.max(0, deadline - core.now()))
   conn:disconnect("call finished")
   if reply == nil and err == "closed" then
-    return nil, "the server closed the pipe without replying", code
+    -- a server of another framing cannot read the request and often closes at once
+    return nil, ("the server closed the pipe without replying (this call used %s framing; if the"
+      .. " server's framing differs, it could not read the request)"):format(o.framing), code
   end
   return reply, err, code
 end
@@ -647,7 +651,7 @@ local events = {}
 local function allowed(policy, who)
   if type(policy) == "function" then
     local ok, yes, why = pcall(policy, who)
-    if not ok then return false, "allow function failed: " .. tostring(yes) end
+    if not ok then return false, "allow function failed: " .. sched.describe(yes) end
     return yes and true or false, why or "refused by the allow function"
   end
   local function member(list, v)

@@ -41,8 +41,19 @@ local function worker(fn, a, b, c)
   end
 end
 
+-- An error value as text, whatever it is: tostring runs a __tostring metamethod, which may
+-- itself raise or return something else than a string.
+local function describe(err)
+  if type(err) == "string" then return err end
+  local ok, s = pcall(tostring, err)
+  if ok and type(s) == "string" then return s end
+  return ("(a %s error value that cannot be turned into text: %s)"):format(
+    type(err), ok and ("__tostring returned a " .. type(s)) or describe(s))
+end
+sched.describe = describe
+
 local function report(what, err)
-  io.stderr:write("npipe: ", what, ": ", tostring(err), "\n")
+  io.stderr:write("npipe: ", what, ": ", describe(err), "\n")
 end
 sched.report = report
 
