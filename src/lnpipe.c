@@ -212,9 +212,11 @@ static void ev_drained(np_conn *c) {
   if (b && ready(b->x, b)) dispatch0(b->x, EV_DRAINED, b);
 }
 
+/* Nobody left to finish the connection's work: end it now rather than at the linger time. */
 static void ev_eof(np_conn *c) {
   box *b = np_conn_data(c);
-  if (b && ready(b->x, b)) dispatch0(b->x, EV_EOF, b);
+  if (b && ready(b->x, b) && event_begin(b->x, EV_EOF, b)) event_call(b->x, EV_EOF, 0);
+  else np_conn_end(c, "EOF", "the peer closed the pipe");
 }
 
 static void ev_released(void *data) { ((box *)data)->p = NULL; }
