@@ -43,6 +43,52 @@ describe("promises", function()
     assert.are.equal("DISCONNECTED", code)
   end)
 
+  it("frames kept for read() stop a client reading at its high_water, until it reads them", function()
+    local name = helpers.name("inbox")
+    local N, SIZE = 200, 1000 -- 200 KB: more than one read of the engine (64 KiB) takes
+    local first, second
+    listen(name, { framing = "message" }, {
+      connect = function(conn)
+        for i = 1, N do assert(conn:write(("%04d"):format(i) .. ("x"):rep(SIZE - 4))) end
+        first = helpers.pack(conn:flush(0.3)) -- the client leaves most of it in the pipe
+        second = helpers.pack(conn:flush(5))  -- until it reads
+      end,
+    })
+    local c = assert(npipe.connect(name, { framing = "message", high_water = 4096, timeout = 2 }))
+    assert.is_truthy(wait_until(function() return first end), "the server's first flush never returned")
+    assert.are.same({ n = 3, nil, "timeout", "ETIMEDOUT" }, first)
+    for i = 1, N do
+      local m, err = c:read(2)
+      assert.are.equal(("%04d"):format(i), m and m:sub(1, 4), err)
+    end
+    assert.is_truthy(wait_until(function() return second end), "the server's second flush never returned")
+    assert.is_true(second[1], second[2])
+    c:disconnect()
+  end)
+
+  it("handler calls queued behind a waiting handler stop the server reading, until they run", function()
+    local name = helpers.name("queue")
+    local N, SIZE = 200, 1000 -- 200 KB: more than one read of the engine (64 KiB) takes
+    local release, got = false, {}
+    listen(name, { framing = "message" }, {
+      data = function(_, msg)
+        if #got == 0 then wait_until(function() return release end, 10) end
+        got[#got + 1] = msg:sub(1, 4)
+      end,
+    })
+    local c = assert(npipe.connect(name, { framing = "message", timeout = 2 }))
+    for i = 1, N do assert(c:write(("%04d"):format(i) .. ("x"):rep(SIZE - 4))) end
+    local ok, err, code = c:flush(0.3)
+    assert.is_nil(ok, "the server took everything off the pipe while its handler calls waited")
+    assert.are.equal("timeout", err)
+    assert.are.equal("ETIMEDOUT", code)
+    release = true
+    assert.is_true(c:flush(5))
+    assert.is_truthy(wait_until(function() return #got == N end))
+    for i = 1, N do assert.are.equal(("%04d"):format(i), got[i]) end
+    c:disconnect()
+  end)
+
   it("idle_timeout spares a connection whose handler is still running, then ends it once idle", function()
     local name = helpers.name("idle")
     local why
