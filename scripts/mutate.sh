@@ -24,6 +24,7 @@ SUITE_TIMEOUT=${NPIPE_MUTATE_TIMEOUT:-900}
 
 WORK=$(mktemp -d /tmp/npipe-mutate.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
+chmod 755 "$WORK" # some specs run clients as another user, who must read the copy's Lua files
 COPY=$WORK/tree
 PRISTINE=$WORK/pristine
 mkdir -p "$COPY" "$PRISTINE"
