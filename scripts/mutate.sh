@@ -103,6 +103,7 @@ run_tests() { # stage specs...
   if [ "$stage" = ctest ]; then
     if ! (cd "$COPY/build" && timeout 300 ctest --output-on-failure) >"$WORK/ctest.log" 2>&1; then
       echo "ctest: $(grep -E '^[[:space:]]*[0-9]+ - ' "$WORK/ctest.log" | sed -E 's/^[[:space:]]*[0-9]+ - //' | tr '\n' ' ')"
+      grep -m3 -E 'CHECK failed|gave up' "$WORK/ctest.log" | sed 's/^/        /' || true
       return 1
     fi
     return 0

@@ -86,14 +86,33 @@ static void on_released(void *data) {
 
 static const np_events EVENTS = {on_accept, on_frame, on_closed, on_connected, on_flushed, NULL, on_released};
 
+#ifdef HAVE_SOCKET_FILES
+/* Unix: the sockets live in a directory of this test's own, not in the per-user
+ * directory that every npipe of the user shares: an `npipe list` run meanwhile by
+ * anyone probes (connects to) each socket there, and the test would take that client
+ * for its own (W.server_side), then see it close. */
+static char private_dir[64];
+#endif
+
 /* The platform's form of a pipe name: a socket path on Unix, \\.\pipe\NAME on Windows. */
 static void pipe_path(const char *tag, char *out, size_t outlen) {
+#ifdef HAVE_SOCKET_FILES
+  if (private_dir[0] == '\0') {
+    snprintf(private_dir, sizeof private_dir, "/tmp/npipe-engine-test-XXXXXX");
+    if (mkdtemp(private_dir) == NULL) {
+      perror("mkdtemp");
+      exit(1);
+    }
+  }
+  snprintf(out, outlen, "%s/%s", private_dir, tag);
+#else
   char name[64], err[256];
   snprintf(name, sizeof name, "npipe-%s-%ld", tag, np_platform_pid());
   if (np_platform_resolve(name, NP_DIR_CREATE, out, outlen, err, sizeof err) != 0) {
     fprintf(stderr, "cannot resolve %s: %s\n", name, err);
     exit(1);
   }
+#endif
 }
 
 /* On Windows a second server instance on a live name fails in CreateNamedPipe itself. */
@@ -480,5 +499,8 @@ int main(void) {
   test_give_up_connecting();
   test_release();
   test_high_water_stops_reading();
+#ifdef HAVE_SOCKET_FILES
+  CHECK(rmdir(private_dir) == 0); /* every server removed its socket file */
+#endif
   return failures ? 1 : 0;
 }
