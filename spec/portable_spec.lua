@@ -146,8 +146,11 @@ describe("portable", function()
     it("reports this process's pid and session on both ends", function()
       local pipe = name("id")
       local seen
+      local accepted = {} -- the server's ends, in order
       local server = listen(pipe, { framing = "message" }, {
         connect = function(conn)
+          accepted[#accepted + 1] = conn
+          if seen then return end -- the second client is not asked anything while connected
           seen = {
             pid = conn:process_id(), sid = conn:session_id(), server_sid = conn:server_session_id(),
             server_pid = conn:server_process_id(), cred = conn:credentials(),
@@ -182,10 +185,23 @@ describe("portable", function()
         assert.is_true(seen.cred.gid >= 0)
         assert.are.equal(seen.cred.uid, c:server_credentials().uid)
       end
+      -- a second client, whose identity nobody asks for before it has gone
+      local c2 = assert(npipe.connect(pipe, { framing = "message" }))
+      assert.is_truthy(wait_until(function() return #accepted == 2 end))
       c:disconnect()
-      -- taken at connect time: still readable after the connection closed
+      c2:disconnect()
+      -- taken at connect time: still readable after the connection closed, on both ends
       assert.is_truthy(wait_until(function() return #server:connections() == 0 end))
+      npipe.sleep(0.05) -- a few more turns of the loop: the closed connections' handles are gone
       assert.are.equal(pid, c:server_process_id())
+      assert.are.equal(sid, c:server_session_id())
+      for i, sc in ipairs(accepted) do
+        assert.is_false(sc:is_open())
+        assert.are.equal(pid, sc:process_id(), "server end " .. i)
+        assert.are.equal(pid, (assert(sc:credentials()).pid), "server end " .. i)
+        assert.are.equal(sid, sc:session_id(), "server end " .. i)
+        assert.are.equal(sid, sc:server_session_id(), "server end " .. i)
+      end
     end)
 
     it("reports the other process's pid and session on each end", function()
@@ -198,8 +214,15 @@ describe("portable", function()
         end,
         disconnect = function() gone = true end,
       })
+      -- On Unix the child leads a POSIX session of its own (setsid), so that a server that
+      -- reported its own session instead of the client's would fail here. Windows has no
+      -- setsid, and under Wine every process is in Terminal Services session 1.
+      local setsid = ""
+      if not WINDOWS and helpers.succeeded(os.execute("command -v setsid >/dev/null 2>&1")) then
+        setsid = "setsid "
+      end
       -- a shell on Linux, cmd.exe under Windows: one command line either way
-      local child = assert(io.popen(("%s spec/fixtures/session_client.lua %s"):format(helpers.lua, pipe)))
+      local child = assert(io.popen(("%s%s spec/fixtures/session_client.lua %s"):format(setsid, helpers.lua, pipe)))
       local ended = wait_until(function() return gone end, 20)
       local out = child:read("*a")
       child:close()
@@ -213,10 +236,14 @@ describe("portable", function()
       assert.are.equal(child_pid, seen.pid)
       -- and the client's side names this process as the server
       assert.are.equal(tostring(core.pid()), server_pid)
-      -- both run in this session (Terminal Services session; POSIX session of the shell's parent)
-      assert.are.equal(tostring(npipe.session_id()), own_sid)
+      -- GetNamedPipeClientSessionId names the client's session, GetNamedPipeServerSessionId this one's
       assert.are.equal(tostring(npipe.session_id()), server_sid)
-      assert.are.equal(npipe.session_id(), seen.sid)
+      assert.are.equal(tonumber(own_sid), seen.sid)
+      if setsid ~= "" then
+        assert.are_not.equal(tostring(npipe.session_id()), own_sid) -- setsid worked: the check above means something
+      else
+        assert.are.equal(tostring(npipe.session_id()), own_sid) -- one session for both
+      end
       assert.matches("got exit", out, 1, true)
     end)
 

@@ -85,14 +85,33 @@ static void on_released(void *data) {
 
 static const np_events EVENTS = {on_accept, on_frame, on_closed, on_connected, on_flushed, NULL, on_released, NULL};
 
+#ifdef HAVE_SOCKET_FILES
+/* Unix: the sockets live in a directory of this test's own, not in the per-user
+ * directory that every npipe of the user shares: an `npipe list` run meanwhile by
+ * anyone probes (connects to) each socket there, and the test would take that client
+ * for its own (W.server_side), then see it close. */
+static char private_dir[64];
+#endif
+
 /* The platform's form of a pipe name: a socket path on Unix, \\.\pipe\NAME on Windows. */
 static void pipe_path(const char *tag, char *out, size_t outlen) {
+#ifdef HAVE_SOCKET_FILES
+  if (private_dir[0] == '\0') {
+    snprintf(private_dir, sizeof private_dir, "/tmp/npipe-engine-test-XXXXXX");
+    if (mkdtemp(private_dir) == NULL) {
+      perror("mkdtemp");
+      exit(1);
+    }
+  }
+  snprintf(out, outlen, "%s/%s", private_dir, tag);
+#else
   char name[64], err[256];
   snprintf(name, sizeof name, "npipe-%s-%ld", tag, np_platform_pid());
   if (np_platform_resolve(name, NP_DIR_CREATE, out, outlen, err, sizeof err) != 0) {
     fprintf(stderr, "cannot resolve %s: %s\n", name, err);
     exit(1);
   }
+#endif
 }
 
 /* On Windows a second server instance on a live name fails in CreateNamedPipe itself. */
@@ -115,8 +134,30 @@ static int under_wine(void) {
 #endif
 }
 
-static void run_until(uv_loop_t *loop, int *flag, int want) {
-  for (int i = 0; i < 2000 && *flag < want; i++) uv_run(loop, UV_RUN_ONCE);
+static void on_wait_timer(uv_timer_t *t) { *(int *)t->data = 1; }
+
+static void free_handle(uv_handle_t *h) { free(h); }
+
+/* Turns the loop until *flag reaches want, for at most RUN_UNTIL_MS: a blocking turn
+ * returns when the timer fires, so an event that never comes fails a CHECK, naming
+ * what was awaited, instead of hanging until ctest's timeout. The timer is freed by
+ * whichever later turn of the loop completes its close. */
+#define RUN_UNTIL_MS 5000
+#define run_until(loop, flag, want) run_until_at((loop), (flag), (want), #flag, __LINE__)
+static void run_until_at(uv_loop_t *loop, int *flag, int want, const char *what, int line) {
+  uv_timer_t *t = malloc(sizeof *t);
+  int expired = 0;
+  if (t == NULL) abort();
+  uv_timer_init(loop, t);
+  t->data = &expired;
+  uv_timer_start(t, on_wait_timer, RUN_UNTIL_MS, 0);
+  while (*flag < want && !expired) uv_run(loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)t, free_handle);
+  if (*flag < want) {
+    fprintf(stderr, "%s:%d: run_until gave up after %d ms: %s is %d, waited for %d\n", __FILE__, line,
+            RUN_UNTIL_MS, what, *flag, want);
+    failures++;
+  }
 }
 
 static void test_echo_flush_disconnect(void) {
@@ -184,8 +225,6 @@ static void test_echo_flush_disconnect(void) {
   printf("ok echo_flush_disconnect\n");
 }
 
-static void on_wait_timer(uv_timer_t *t) { *(int *)t->data = 1; }
-
 /* Turns the loop for about ms milliseconds, whatever else is pending. */
 static void run_for(uv_loop_t *loop, unsigned ms) {
   uv_timer_t t;
@@ -198,22 +237,28 @@ static void run_for(uv_loop_t *loop, unsigned ms) {
   uv_run(loop, UV_RUN_NOWAIT);
 }
 
-/* A server (whose limit on incoming messages is max_message) and one client of it. */
-static np_engine *open_pair(uv_loop_t *loop, const char *tag, np_framing_mode framing, size_t max_message,
-                            np_server **s) {
+/* A server (whose limit on incoming messages is max_message) and one client of it,
+ * with the high_water of each end's write queue. */
+static np_engine *open_pair_hw(uv_loop_t *loop, const char *tag, np_framing_mode framing, size_t max_message,
+                               size_t server_high_water, size_t client_high_water, np_server **s) {
   char err[256];
   memset(&W, 0, sizeof W);
   uv_loop_init(loop);
   np_engine *e = np_engine_new(loop, &EVENTS);
   pipe_path(tag, W.path, sizeof W.path);
-  np_server_opts so = {{framing, max_message, 1 << 20, 1000}, 0600, 16, 0};
-  np_conn_opts co = {framing, 1024, 1 << 20, 1000};
+  np_server_opts so = {{framing, max_message, server_high_water, 1000}, 0600, 16, 0};
+  np_conn_opts co = {framing, 1024, client_high_water, 1000};
   CHECK(np_server_listen(e, W.path, &so, s, err, sizeof err) == 0);
   CHECK(np_conn_connect(e, W.path, &co, &W.client) == 0);
   run_until(loop, &W.connected, 1);
   run_until(loop, &W.accepted, 1);
   CHECK(W.connected == 1 && W.accepted == 1);
   return e;
+}
+
+static np_engine *open_pair(uv_loop_t *loop, const char *tag, np_framing_mode framing, size_t max_message,
+                            np_server **s) {
+  return open_pair_hw(loop, tag, framing, max_message, 1 << 20, 1 << 20, s);
 }
 
 static void close_pair(uv_loop_t *loop, np_engine *e, np_server *s) {
@@ -345,6 +390,57 @@ static void test_oversized_message(void) {
   printf("ok oversized_message\n");
 }
 
+static double seconds_now(void) { return (double)uv_hrtime() / 1e9; }
+
+/* A peer that keeps writing but never reads. The server echoes every frame, so its
+ * write queue fills up to high_water; from then on it must stop reading that peer, so
+ * that what it holds stays near high_water however much the peer sends (a read already
+ * taken is framed and echoed whole: up to 64 KiB past the mark). Once the peer reads
+ * again, the server resumes and everything the peer sent comes back. */
+static void test_high_water_stops_reading(void) {
+  enum { HIGH_WATER = 16 * 1024, MSG = 1000, PER_ROUND = 64, ROUNDS = 128 };
+  uv_loop_t loop;
+  np_server *s = NULL;
+  /* The client's own high_water is above all it queues here: were it reached, the
+   * client would stop reading too, and neither end would ever drain the other. */
+  np_engine *e = open_pair_hw(&loop, "engine-hw", NP_FRAMING_MESSAGE, 4096, HIGH_WATER, 64 << 20, &s);
+  np_conn_pause(W.client);
+  char msg[MSG];
+  memset(msg, 'h', sizeof msg);
+  int sent = 0; /* messages */
+  double deadline = seconds_now() + 5;
+  for (int round = 0; round < ROUNDS && seconds_now() < deadline; round++) {
+    for (int i = 0; i < PER_ROUND; i++) {
+      CHECK(np_conn_write(W.client, msg, sizeof msg) == 0);
+      sent++;
+    }
+    for (int turn = 0; turn < 4; turn++) uv_run(&loop, UV_RUN_NOWAIT);
+  }
+  run_for(&loop, 50);
+  uint64_t total = (uint64_t)sent * (MSG + 4); /* message framing: 4-byte header each */
+  uint64_t in = np_server_stats(s).bytes_in;
+  size_t queued = np_conn_queued(W.server_side);
+  run_for(&loop, 100);
+  uint64_t in_later = np_server_stats(s).bytes_in;
+  printf("high_water: peer sent %llu bytes, server read %llu and holds %zu (high_water %d)\n",
+         (unsigned long long)total, (unsigned long long)in, queued, HIGH_WATER);
+  CHECK(sent == ROUNDS * PER_ROUND);
+  CHECK(W.closed_server == 0 && W.closed_client == 0);
+  CHECK(queued >= HIGH_WATER);                           /* the peer's not reading was felt */
+  CHECK(queued <= HIGH_WATER + 64 * 1024 + 2 * MSG);     /* and bounded by the mark */
+  CHECK(in * 4 < total);                                 /* most of what the peer sent was left unread */
+  CHECK(in_later == in);                                 /* reading has stopped */
+
+  /* the peer reads again: the server drains, resumes, and echoes everything */
+  np_conn_resume(W.client);
+  deadline = seconds_now() + 5;
+  while (W.client_msgs < sent && seconds_now() < deadline) run_for(&loop, 5);
+  CHECK(W.client_msgs == sent);
+  CHECK(np_server_stats(s).bytes_in == total);
+  close_pair(&loop, e, s);
+  printf("ok high_water_stops_reading\n");
+}
+
 /* Runs the loop until it has nothing left, for a bounded number of turns. */
 static int run_out(uv_loop_t *loop) {
   for (int i = 0; i < 200 && uv_loop_alive(loop); i++) uv_run(loop, UV_RUN_NOWAIT);
@@ -401,5 +497,9 @@ int main(void) {
   test_cancel_from_flushed_event();
   test_give_up_connecting();
   test_release();
+  test_high_water_stops_reading();
+#ifdef HAVE_SOCKET_FILES
+  CHECK(rmdir(private_dir) == 0); /* every server removed its socket file */
+#endif
   return failures ? 1 : 0;
 }

@@ -12,3 +12,11 @@ add_executable(test_engine ${CMAKE_SOURCE_DIR}/tests/test_engine.c)
 target_link_libraries(test_engine PRIVATE npipe_engine)
 add_test(NAME engine COMMAND test_engine)
 set_tests_properties(engine PROPERTIES TIMEOUT 60)
+
+# SIGPIPE and a host's own handler (Unix: Windows has no SIGPIPE).
+if(NOT WIN32)
+  add_executable(test_sigpipe ${CMAKE_SOURCE_DIR}/tests/test_sigpipe.c)
+  target_link_libraries(test_sigpipe PRIVATE npipe_engine)
+  add_test(NAME sigpipe COMMAND test_sigpipe)
+  set_tests_properties(sigpipe PROPERTIES TIMEOUT 30)
+endif()
