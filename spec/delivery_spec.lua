@@ -192,3 +192,25 @@ describe("memory #unix", function()
     for _, conn in ipairs(conns) do assert.is_true(conn:queued() < 1100 * 1024, conn:queued()) end
   end)
 end)
+
+describe("npipe at both ends", function()
+  after_each(helpers.close_tracked_servers)
+
+  it("does not deadlock when a client writes faster than it reads an echo (writer and reader coroutines)", function()
+    local server = listen({ framing = "message" }, { data = function(conn, msg) conn:write(msg) end })
+    local chunk = string.rep("x", 64 * 1024)
+    helpers.run(function()
+      local c = assert(npipe.connect(server:path(), { framing = "message" }))
+      local got = 0
+      npipe.spawn(function()
+        for _ = 1, 200 do assert(c:write(chunk)) end
+      end)
+      while got < 200 do
+        local msg, err = c:read(5)
+        assert(msg, ("read %d of 200 echoes, then %s"):format(got, tostring(err)))
+        got = got + 1
+      end
+      c:disconnect()
+    end, 30)
+  end)
+end)

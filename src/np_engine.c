@@ -92,6 +92,7 @@ struct np_conn {
   int flush_pending; /* the host waits for a flushed event */
   int flush_listed;  /* on the engine's poll list */
   int over_high;
+  int server_end; /* accepted by a server (not a client's end) */
   np_cred cred;
   long session; /* the peer's session, taken at connect time like cred */
   uint64_t id;
@@ -351,7 +352,13 @@ static void on_linger(uv_timer_t *t) {
   if (e->lingering == 0) uv_timer_stop(t);
 }
 
-static int held(const np_conn *c) { return c->hold || c->over_high || c->state != C_OPEN; }
+/* A full write queue holds input only on a server's end: there it means a client that
+ * does not read, whose requests would only queue more replies. A client's end keeps
+ * reading, since its own reader may be what the server waits for (both holding would
+ * deadlock an echo); the host's inbox bounds what it keeps. */
+static int held(const np_conn *c) {
+  return c->hold || (c->over_high && c->server_end) || c->state != C_OPEN;
+}
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
@@ -654,7 +661,7 @@ int np_conn_write(np_conn *c, const char *data, size_t len) {
   }
   if (c->cost >= c->opts.high_water && !c->over_high) {
     c->over_high = 1;
-    update_reading(c); /* a peer that does not read gets no more reads from us either */
+    update_reading(c); /* a client that does not read gets no more reads from us either */
   }
   return c->over_high;
 }
@@ -891,6 +898,7 @@ static void starve(np_server *s) {
 /* c is open on a new client of s. */
 static void server_take(np_server *s, np_conn *c) {
   c->server = s;
+  c->server_end = 1;
   s->stats.accepted++;
   s->stats.active++;
   if (conn_open(c) != 0) {

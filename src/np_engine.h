@@ -43,9 +43,9 @@ typedef struct np_events {
 typedef struct np_conn_opts {
   np_framing_mode framing;
   size_t max_message;
-  /* What the write queue may cost before np_conn_write reports backpressure and the
-   * engine stops reading and delivering frames; the cost counts every byte held,
-   * frame bookkeeping included, so that many tiny writes are bounded too. */
+  /* What the write queue may cost before np_conn_write reports backpressure and, on a
+   * server's end, the engine stops reading and delivering frames; the cost counts every
+   * byte held, frame bookkeeping included, so that many tiny writes are bounded too. */
   size_t high_water;
   /* How long a graceful end (np_conn_end, or the peer's EOF) may take to deliver
    * what is queued, in ms; what is left then is dropped and reported. */
