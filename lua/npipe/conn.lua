@@ -251,33 +251,27 @@ function Conn:server_session_id()
   return core.session_id()
 end
 
---- GetNamedPipeClientProcessId and the client's uid and gid (server side).
-function Conn:credentials()
-  if self._client then return { pid = core.pid() } end
+-- One end's credentials: this process's ({pid}) when own, else the peer's (who: what
+-- the peer is, for the error).
+local function credentials(self, own, who)
+  if own then return { pid = core.pid() } end
   local c = peer(self)
-  if not c then return nil, "peer credentials are not available", "ENOTSUP" end
+  if not c then return nil, who .. " credentials are not available", "ENOTSUP" end
   return copy(c)
 end
 
-function Conn:process_id()
-  local c, err, code = self:credentials()
+local function pid_of(c, err, code)
   if not c then return nil, err, code end
   return c.pid
 end
+
+--- GetNamedPipeClientProcessId and the client's uid and gid (server side).
+function Conn:credentials() return credentials(self, self._client, "peer") end
+function Conn:process_id() return pid_of(self:credentials()) end
 
 --- The server's identity, for a client that checks whom it talks to.
-function Conn:server_credentials()
-  if not self._client then return { pid = core.pid() } end
-  local c = peer(self)
-  if not c then return nil, "server credentials are not available", "ENOTSUP" end
-  return copy(c)
-end
-
-function Conn:server_process_id()
-  local c, err, code = self:server_credentials()
-  if not c then return nil, err, code end
-  return c.pid
-end
+function Conn:server_credentials() return credentials(self, not self._client, "server") end
+function Conn:server_process_id() return pid_of(self:server_credentials()) end
 
 --- The peer as an allow policy sees it: {pid, uid, gid, session_id}, fields nil where unknown.
 function M.peer_info(conn)

@@ -331,8 +331,8 @@ function sched.on_timer(t)
   if fn then fn() end
 end
 
--- Calls fn once after seconds; returns a cancel function.
-function sched.after(seconds, fn)
+-- Calls fn after seconds, once or (again) every seconds from then on; returns a cancel function.
+local function timer(seconds, fn, again)
   local t = core.timer()
   local function cancel()
     if timer_fn[t] then
@@ -340,10 +340,18 @@ function sched.after(seconds, fn)
       t:close()
     end
   end
-  timer_fn[t] = function() cancel(); fn() end
-  t:start(seconds * 1000)
+  if again then
+    timer_fn[t] = fn
+    t:start(seconds * 1000, seconds * 1000)
+  else
+    timer_fn[t] = function() cancel(); fn() end
+    t:start(seconds * 1000)
+  end
   return cancel
 end
+
+-- Calls fn once after seconds; returns a cancel function.
+function sched.after(seconds, fn) return timer(seconds, fn, false) end
 
 -- wait(w), woken with (nil, "timeout", "ETIMEDOUT") when seconds pass first.
 function sched.wait_for(w, seconds)
@@ -355,17 +363,7 @@ function sched.wait_for(w, seconds)
 end
 
 -- Calls fn every seconds (not in a coroutine: fn must not wait); returns a cancel function.
-function sched.every(seconds, fn)
-  local t = core.timer()
-  timer_fn[t] = fn
-  t:start(seconds * 1000, seconds * 1000)
-  return function()
-    if timer_fn[t] then
-      timer_fn[t] = nil
-      t:close()
-    end
-  end
-end
+function sched.every(seconds, fn) return timer(seconds, fn, true) end
 
 function sched.sleep(seconds)
   local w = sched.waiter()
