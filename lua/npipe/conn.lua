@@ -46,7 +46,8 @@ local JOBS = {
 }
 
 -- A connection on the core object c: accepted by server, or this process's own end (a
--- client) when server is nil.
+-- client) when server is nil. conn._jobs is its job queue (npipe.sched's record), which
+-- npipe.server submits the handlers of its events to.
 function M.new(c, server, high_water, framing)
   local conn = setmetatable({ _c = c, _id = c:id(), _server = server, _client = not server, state = {},
                               _high_water = high_water, _framing = framing }, Conn)

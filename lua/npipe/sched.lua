@@ -1,6 +1,8 @@
 -- The scheduler: runs every handler and spawned function in a pooled coroutine,
 -- and turns "wait for an event" into a coroutine yield (inside npipe's coroutines)
--- or into driving the loop (from a plain script's main chunk).
+-- or into driving the loop (from a plain script's main chunk). It owns each connection's
+-- job queue (its handlers run one at a time, in order), the engine events' settling
+-- (sched.event), timers, and whether npipe runs on a host's loop.
 local core = require("npipe.core")
 
 local coroutine_create, coroutine_resume = coroutine.create, coroutine.resume
@@ -14,7 +16,7 @@ local sched = {}
 
 local DONE, WAIT = {}, {} -- what a worker yields: its job ended, or it waits
 local is_worker = setmetatable({}, { __mode = "k" })
-local owner_of = setmetatable({}, { __mode = "k" }) -- waiting worker -> the queue of its job
+local queue_of = setmetatable({}, { __mode = "k" }) -- waiting worker -> the queue of its job
 local parked = setmetatable({}, { __mode = "k" })   -- waiting worker -> the waiter it waits on
 local pool, npool = {}, 0
 -- Waiters whose coroutine can go on, and queues with jobs that could not start
@@ -146,7 +148,7 @@ local function finish(co, q, ok, tag)
       sched.report("error in a spawned function", err)
     end
   else
-    owner_of[co] = q or false
+    queue_of[co] = q or false
   end
 end
 
@@ -224,8 +226,8 @@ local function pump()
       -- e.g. inside pcall, and leave a stale waiter behind)
       if parked[co] == w and coroutine_status(co) == "suspended" then
         parked[co] = nil
-        local q = owner_of[co]
-        owner_of[co] = nil
+        local q = queue_of[co]
+        queue_of[co] = nil
         step(co, q or nil, unpack(w.result, 1, w.result.n))
       end
     end
@@ -243,11 +245,11 @@ end
 sched.pump = pump
 
 -- Lets what became runnable go on, unless a job runs (it is let go on when that ends).
-function sched.settle()
+local function settle()
   if current == nil and (nready > 0 or npending > 0 or nspawned > 0) then pump() end
 end
 
---- What the engine calls for an event (core.init): fn(...), then sched.settle, inlined:
+--- What the engine calls for an event (core.init): fn(...), then settle(), inlined:
 -- the frame event is on the per-message path, and this way it costs no call more than
 -- a handler that called settle itself. The engine passes at most five arguments.
 function sched.event(fn)
@@ -316,7 +318,7 @@ function sched.wait(w)
       drive(w)
     end
   end
-  sched.settle()
+  settle()
   return unpack(w.result, 1, w.result.n)
 end
 local wait = sched.wait
