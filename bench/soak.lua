@@ -42,8 +42,12 @@
 --   soak.lua --cycles NAME WORKER COUNT SECONDS
 --   soak.lua --stream NAME PROC CONNS MSGS SECONDS
 --   soak.lua --end-server NAME HIGH_WATER LINGER DRAIN PAD
+
+-- the wire helpers it shares with the load spec, found from this script's place in the tree
+package.path = (arg[0]:match("^(.*)[/\\][^/\\]*$") or ".") .. "/../spec/?.lua;" .. package.path
 local npipe = require("npipe")
 local core = require("npipe.core")
+local be32 = require("fixtures.be32")
 
 local LUA = arg[-1] or "lua5.4"
 -- Under AddressSanitizer (scripts/sanitize.sh preloads it) freed memory is quarantined,
@@ -57,16 +61,7 @@ local SELF = arg[0]
 local function idiv(a, b) return math.floor(a / b) end
 
 -- string.pack(">I4", n) and string.unpack(">I4", s, pos), raising as they do.
-local function u32(n)
-  if n < 0 or n >= 4294967296 or n % 1 ~= 0 then error("not a 32-bit unsigned integer: " .. tostring(n), 2) end
-  return string.char(idiv(n, 16777216) % 256, idiv(n, 65536) % 256, idiv(n, 256) % 256, n % 256)
-end
-
-local function read_u32(s, pos)
-  local a, b, c, d = s:byte(pos, pos + 3)
-  if not d then error("data string too short", 2) end
-  return ((a * 256 + b) * 256 + c) * 256 + d
-end
+local u32, read_u32 = be32.u32, be32.read_u32
 
 ---- the wire content, shared by every mode ----
 

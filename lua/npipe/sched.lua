@@ -1,6 +1,8 @@
 -- The scheduler: runs every handler and spawned function in a pooled coroutine,
 -- and turns "wait for an event" into a coroutine yield (inside npipe's coroutines)
--- or into driving the loop (from a plain script's main chunk).
+-- or into driving the loop (from a plain script's main chunk). It owns each connection's
+-- job queue (its handlers run one at a time, in order), the engine events' settling
+-- (sched.event), timers, and whether npipe runs on a host's loop.
 local core = require("npipe.core")
 
 local coroutine_create, coroutine_resume = coroutine.create, coroutine.resume
@@ -14,10 +16,10 @@ local sched = {}
 
 local DONE, WAIT = {}, {} -- what a worker yields: its job ended, or it waits
 local is_worker = setmetatable({}, { __mode = "k" })
-local owner_of = setmetatable({}, { __mode = "k" }) -- waiting worker -> the owner of its job
+local queue_of = setmetatable({}, { __mode = "k" }) -- waiting worker -> the queue of its job
 local parked = setmetatable({}, { __mode = "k" })   -- waiting worker -> the waiter it waits on
 local pool, npool = {}, 0
--- Waiters whose coroutine can go on, and owners with queued jobs that could not start
+-- Waiters whose coroutine can go on, and queues with jobs that could not start
 -- where they were queued. Two buffers each, swapped by pump, so pumping allocates nothing.
 local ready, nready, ready_spare = {}, 0, {}
 local pending, npending, pending_spare = {}, 0, {}
@@ -57,46 +59,109 @@ local function report(what, err)
 end
 sched.report = report
 
-local function add_pending(owner)
-  npending = npending + 1
-  pending[npending] = owner
+---- job queues ----
+
+-- Each owner (a connection) runs its jobs one at a time, in the order they came:
+-- sched.queue(owner, hooks) gives it a queue, a record that only this file reads or
+-- writes (the jobs sit at q[q.head .. q.tail]). hooks, shared by the owners of a kind:
+--   pause, resume    the queue lengths at which the owner's input is held and released
+--   hold(owner, on)  holds (true) or releases (false) the owner's input
+--   on_failed(owner, err)  a job raised; may sched.clear the queue and sched.enqueue
+function sched.queue(owner, hooks)
+  return { owner = owner, hooks = hooks, n = 0, head = 1, tail = 0, busy = nil, held = false }
 end
 
--- After a resume: the job ended, failed, or waits. Owners (connections) provide
--- _busy, _qn (queued jobs), _dequeue() and _job_failed(err).
-local function finish(co, owner, ok, tag)
+-- While the queue is long the owner's input is held (nothing read, no frame delivered),
+-- so it grows by at most one frame past the mark.
+local function enqueue(q, job)
+  local tail = q.tail + 1
+  q.tail = tail
+  q[tail] = job
+  local n = q.n + 1
+  q.n = n
+  local hooks = q.hooks
+  if n >= hooks.pause and not q.held then
+    q.held = true
+    hooks.hold(q.owner, true)
+  end
+end
+
+local function dequeue(q)
+  local n = q.n
+  if n == 0 then return nil end
+  local head = q.head
+  local job = q[head]
+  q[head] = nil
+  n = n - 1
+  q.n = n
+  if n == 0 then q.head, q.tail = 1, 0 else q.head = head + 1 end
+  local hooks = q.hooks
+  if n <= hooks.resume and q.held then
+    q.held = false
+    -- Releasing may deliver kept frames at once: marked busy, they queue behind this job.
+    local busy = q.busy
+    q.busy = true
+    hooks.hold(q.owner, false)
+    q.busy = busy
+  end
+  return job
+end
+
+--- Drops the queued jobs (not the one running). The input stays as it is.
+function sched.clear(q)
+  for i = q.head, q.tail do q[i] = nil end
+  q.n, q.head, q.tail = 0, 1, 0
+end
+
+--- Whether one of the queue's jobs runs (or waits) now.
+function sched.running(q) return q.busy ~= nil end
+
+local function add_pending(q)
+  npending = npending + 1
+  pending[npending] = q
+end
+
+--- Queues a job behind the others without starting it now, even where sched.submit would.
+function sched.enqueue(q, fn, a, b, c)
+  enqueue(q, { fn, a, b, c })
+  if not q.busy then add_pending(q) end
+end
+
+-- After a resume: the job ended, failed, or waits. q: the queue the job came from (nil
+-- for a spawned function).
+local function finish(co, q, ok, tag)
   if ok and tag == DONE then
     npool = npool + 1
     pool[npool] = co
-    if owner then
-      owner._busy = nil
-      if owner._qn > 0 then add_pending(owner) end
+    if q then
+      q.busy = nil
+      if q.n > 0 then add_pending(q) end
     end
   elseif not ok then
     is_worker[co] = nil
     local err = traceback(co, tag)
-    if owner then
-      owner._busy = nil
-      owner:_job_failed(err)
-      if owner._qn > 0 then add_pending(owner) end
+    if q then
+      q.busy = nil
+      q.hooks.on_failed(q.owner, err)
+      if q.n > 0 then add_pending(q) end
     else
       sched.report("error in a spawned function", err)
     end
   else
-    owner_of[co] = owner or false
+    queue_of[co] = q or false
   end
 end
 
-local function step(co, owner, ...)
+local function step(co, q, ...)
   local prev = current
   current = co
   local ok, tag = coroutine_resume(co, ...)
   current = prev
-  finish(co, owner, ok, tag)
+  finish(co, q, ok, tag)
 end
 
--- Starts fn(a, b, c) in a pooled worker on behalf of owner (may be nil). Top level only.
-local function start(owner, fn, a, b, c)
+-- Starts fn(a, b, c) in a pooled worker for queue q (nil: a spawned function). Top level only.
+local function start(q, fn, a, b, c)
   local co = pool[npool]
   if co then
     pool[npool] = nil
@@ -105,7 +170,7 @@ local function start(owner, fn, a, b, c)
     co = coroutine_create(worker)
     is_worker[co] = true
   end
-  if owner then owner._busy = co end
+  if q then q.busy = co end
   local prev = current
   current = co
   local ok, tag = coroutine_resume(co, fn, a, b, c)
@@ -115,34 +180,33 @@ local function start(owner, fn, a, b, c)
   if ok and tag == DONE then
     npool = npool + 1
     pool[npool] = co
-    if owner then
-      owner._busy = nil
-      if owner._qn > 0 then add_pending(owner) end
+    if q then
+      q.busy = nil
+      if q.n > 0 then add_pending(q) end
     end
   else
-    finish(co, owner, ok, tag)
+    finish(co, q, ok, tag)
   end
 end
 
--- Runs an owner's queued jobs one after another until it waits or has none left.
-local function run_queue(owner)
-  while not owner._busy do
-    local job = owner:_dequeue()
+-- Runs a queue's jobs one after another until one waits or none is left.
+local function run_queue(q)
+  while not q.busy do
+    local job = dequeue(q)
     if not job then break end
-    start(owner, job[1], job[2], job[3], job[4])
+    start(q, job[1], job[2], job[3], job[4])
   end
 end
 
--- Queues a job for owner; starts it now when that is safe.
-function sched.submit(owner, fn, a, b, c)
-  if owner._busy or owner._qn > 0 or current then
-    owner:_enqueue({ fn, a, b, c })
-    if not owner._busy then add_pending(owner) end
+--- Queues a job; starts it now when that is safe.
+function sched.submit(q, fn, a, b, c)
+  if q.busy or q.n > 0 or current then
+    enqueue(q, { fn, a, b, c })
+    if not q.busy then add_pending(q) end
   else
-    start(owner, fn, a, b, c)
+    start(q, fn, a, b, c)
   end
 end
-
 
 -- Lets everything that became runnable go on. Never from inside a worker.
 local pumping = false
@@ -162,9 +226,9 @@ local function pump()
       -- e.g. inside pcall, and leave a stale waiter behind)
       if parked[co] == w and coroutine_status(co) == "suspended" then
         parked[co] = nil
-        local owner = owner_of[co]
-        owner_of[co] = nil
-        step(co, owner or nil, unpack(w.result, 1, w.result.n))
+        local q = queue_of[co]
+        queue_of[co] = nil
+        step(co, q or nil, unpack(w.result, 1, w.result.n))
       end
     end
     for i = 1, np do
@@ -180,9 +244,19 @@ local function pump()
 end
 sched.pump = pump
 
--- Called at the end of every engine event.
-function sched.settle()
+-- Lets what became runnable go on, unless a job runs (it is let go on when that ends).
+local function settle()
   if current == nil and (nready > 0 or npending > 0 or nspawned > 0) then pump() end
+end
+
+--- What the engine calls for an event (core.init): fn(...), then settle(), inlined:
+-- the frame event is on the per-message path, and this way it costs no call more than
+-- a handler that called settle itself. The engine passes at most five arguments.
+function sched.event(fn)
+  return function(a, b, c, d, e)
+    fn(a, b, c, d, e)
+    if current == nil and (nready > 0 or npending > 0 or nspawned > 0) then pump() end
+  end
 end
 
 ---- waiting ----
@@ -205,12 +279,15 @@ local wake = sched.wake
 -- True once npipe's handles live on a host's luv loop (npipe.attach with share): the
 -- host runs that loop, and libuv forbids running a loop from inside its callbacks,
 -- which is where anything but the host's main code runs.
-sched.on_host_loop = false
+local on_host_loop = false
+--- npipe.attach (npipe.host) sets it when it moves npipe onto the host's loop.
+function sched.set_host_loop(on) on_host_loop = on and true or false end
+function sched.host_loop() return on_host_loop end
 local HOST_LOOP_WAIT = "npipe: cannot wait here: npipe runs on the host's luv loop, which only the host may run;"
   .. " wait inside a handler or npipe.spawn"
 
 local function drive(w)
-  if sched.on_host_loop then error(HOST_LOOP_WAIT, 3) end
+  if on_host_loop then error(HOST_LOOP_WAIT, 3) end
   if in_loop > 0 then
     error("npipe: cannot wait here while the loop runs; wait inside a handler or npipe.spawn", 3)
   end
@@ -241,7 +318,7 @@ function sched.wait(w)
       drive(w)
     end
   end
-  sched.settle()
+  settle()
   return unpack(w.result, 1, w.result.n)
 end
 local wait = sched.wait
@@ -250,14 +327,14 @@ local wait = sched.wait
 
 local timer_fn = {}
 
+-- The timer event (registered through sched.event).
 function sched.on_timer(t)
   local fn = timer_fn[t]
   if fn then fn() end
-  sched.settle()
 end
 
--- Calls fn once after seconds; returns a cancel function.
-function sched.after(seconds, fn)
+-- Calls fn after seconds, once or (again) every seconds from then on; returns a cancel function.
+local function timer(seconds, fn, again)
   local t = core.timer()
   local function cancel()
     if timer_fn[t] then
@@ -265,10 +342,18 @@ function sched.after(seconds, fn)
       t:close()
     end
   end
-  timer_fn[t] = function() cancel(); fn() end
-  t:start(seconds * 1000)
+  if again then
+    timer_fn[t] = fn
+    t:start(seconds * 1000, seconds * 1000)
+  else
+    timer_fn[t] = function() cancel(); fn() end
+    t:start(seconds * 1000)
+  end
   return cancel
 end
+
+-- Calls fn once after seconds; returns a cancel function.
+function sched.after(seconds, fn) return timer(seconds, fn, false) end
 
 -- wait(w), woken with (nil, "timeout", "ETIMEDOUT") when seconds pass first.
 function sched.wait_for(w, seconds)
@@ -280,17 +365,7 @@ function sched.wait_for(w, seconds)
 end
 
 -- Calls fn every seconds (not in a coroutine: fn must not wait); returns a cancel function.
-function sched.every(seconds, fn)
-  local t = core.timer()
-  timer_fn[t] = fn
-  t:start(seconds * 1000, seconds * 1000)
-  return function()
-    if timer_fn[t] then
-      timer_fn[t] = nil
-      t:close()
-    end
-  end
-end
+function sched.every(seconds, fn) return timer(seconds, fn, true) end
 
 function sched.sleep(seconds)
   local w = sched.waiter()
@@ -313,7 +388,7 @@ function sched.spawn(fn, ...)
 end
 
 function sched.run(mode)
-  if sched.on_host_loop then error("npipe.run: npipe runs on the host's luv loop; the host runs it", 2) end
+  if on_host_loop then error("npipe.run: npipe runs on the host's luv loop; the host runs it", 2) end
   if current then error("npipe.run: cannot run the loop from inside a handler", 2) end
   if in_loop > 0 then error("npipe.run: the loop is already running", 2) end
   in_loop = in_loop + 1
@@ -323,6 +398,12 @@ function sched.run(mode)
   in_loop = in_loop - 1
   if not ok then error(alive, 0) end
   return alive
+end
+
+--- npipe.stop: ends npipe.run (or the wait that runs the loop) after this turn.
+function sched.stop()
+  if on_host_loop then error("npipe.stop: npipe runs on the host's luv loop; the host stops it", 2) end
+  core.stop()
 end
 
 -- Whether npipe's own loop is being run now (npipe.run, a wait) or a job is running.
