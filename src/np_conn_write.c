@@ -86,6 +86,13 @@ static void after_drain(np_conn *c) {
   np__release_input(c);
 }
 
+/* A write the OS refused: its frames are not known to have arrived. */
+static void write_failed(np_conn *c, np_wout *w) {
+  c->failed_bytes += w->q.len;
+  c->failed_msgs += w->q.n;
+  wout_free(w);
+}
+
 /* The write in flight is done: what was written meanwhile goes out as one write. */
 static int write_pending(np_conn *c, np_wout *w) {
   if (c->pend.len == 0) {
@@ -96,7 +103,9 @@ static int write_pending(np_conn *c, np_wout *w) {
   w->q = c->pend;
   c->pend = sent;
   c->pend.len = c->pend.n = 0;
-  return start_write(c, w);
+  int rc = start_write(c, w);
+  if (rc < 0) write_failed(c, w); /* else w, with what was pending, leaked uncounted */
+  return rc;
 }
 
 static void on_write(uv_write_t *req, int status) {
@@ -109,9 +118,7 @@ static void on_write(uv_write_t *req, int status) {
   c->out = NULL;
   c->cost -= wq_cost(&w->q);
   if (status < 0) {
-    c->failed_bytes += w->q.len;
-    c->failed_msgs += w->q.n;
-    wout_free(w);
+    write_failed(c, w);
     np__conn_fail(c, status, "write");
     return;
   }
