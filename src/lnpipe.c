@@ -236,17 +236,28 @@ static int l_listen(lua_State *L) {
   return 1;
 }
 
+/* core.connect's and core.open_fd's options: framing, max_message, high_water, linger. */
+static void check_client_opts(lua_State *L, np_conn_opts *o) {
+  check_conn_opts(L, 2, o);
+  check_linger(L, 5, o);
+}
+
+/* What core.connect and core.open_fd return: the new connection's userdata, or nil,
+ * message, code. */
+static int conn_result(lua_State *L, ctx *x, int rc, np_conn *c) {
+  if (rc < 0) return lnp_push_error(L, rc, NULL);
+  np_conn_set_data(c, lnp_new_box(L, x, c, CONN_MT, BOX_BOUND));
+  return 1;
+}
+
+/* core.connect(path, framing, max_message, high_water, linger) */
 static int l_connect(lua_State *L) {
   ctx *x = lnp_ctx(L);
   const char *path = luaL_checkstring(L, 1);
   np_conn_opts o;
-  check_conn_opts(L, 2, &o);
-  check_linger(L, 5, &o);
-  np_conn *c;
-  int rc = np_conn_connect(x->engine, path, &o, &c);
-  if (rc < 0) return lnp_push_error(L, rc, NULL);
-  np_conn_set_data(c, lnp_new_box(L, x, c, CONN_MT, BOX_BOUND));
-  return 1;
+  check_client_opts(L, &o);
+  np_conn *c = NULL;
+  return conn_result(L, x, np_conn_connect(x->engine, path, &o, &c), c);
 }
 
 /* Binds a Lua table to a core object: events then carry the table. The table holds
@@ -263,17 +274,14 @@ static int l_bind(lua_State *L) {
   return 0;
 }
 
+/* core.open_fd(fd, framing, max_message, high_water, linger) */
 static int l_open_fd(lua_State *L) {
   ctx *x = lnp_ctx(L);
   int fd = (int)luaL_checkinteger(L, 1);
   np_conn_opts o;
-  check_conn_opts(L, 2, &o);
-  check_linger(L, 5, &o);
-  np_conn *c;
-  int rc = np_conn_open_fd(x->engine, fd, &o, &c);
-  if (rc < 0) return lnp_push_error(L, rc, NULL);
-  np_conn_set_data(c, lnp_new_box(L, x, c, CONN_MT, BOX_BOUND));
-  return 1;
+  check_client_opts(L, &o);
+  np_conn *c = NULL;
+  return conn_result(L, x, np_conn_open_fd(x->engine, fd, &o, &c), c);
 }
 
 /* "live" (with the server's pid, uid, gid where known), "stale", or nil, message, code. */

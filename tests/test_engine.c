@@ -327,14 +327,21 @@ TEST_IMPL(cancel_from_flushed_event) {
   close_pair(&loop, e, s);
 }
 
+/* A pair whose client has paused reading, with msg written to it by the server's end
+ * and not read yet. */
+static np_engine *open_pair_unread(uv_loop_t *loop, const char *tag, const char *msg, np_server **s) {
+  np_engine *e = open_pair(loop, tag, NP_FRAMING_MESSAGE, 1024, s);
+  np_conn_pause(W.client);
+  CHECK(np_conn_write(W.server_side, msg, strlen(msg)) == 0);
+  run_for(loop, 20);
+  return e;
+}
+
 /* DisconnectNamedPipe drops what the client has not read; a Unix peer still reads it. */
 TEST_IMPL(disconnect_drops_unread) {
   uv_loop_t loop;
   np_server *s = NULL;
-  np_engine *e = open_pair(&loop, "engine-drop", NP_FRAMING_MESSAGE, 1024, &s);
-  np_conn_pause(W.client);
-  CHECK(np_conn_write(W.server_side, "unread", 6) == 0);
-  run_for(&loop, 20);
+  np_engine *e = open_pair_unread(&loop, "engine-drop", "unread", &s);
   np_conn_disconnect(W.server_side, NULL, NULL);
   np_conn_resume(W.client);
   run_until(&loop, &W.closed_client, 1);
@@ -354,10 +361,7 @@ TEST_IMPL(disconnect_drops_unread) {
 TEST_IMPL(end_keeps_unread) {
   uv_loop_t loop;
   np_server *s = NULL;
-  np_engine *e = open_pair(&loop, "engine-keep", NP_FRAMING_MESSAGE, 1024, &s);
-  np_conn_pause(W.client);
-  CHECK(np_conn_write(W.server_side, "kept", 4) == 0);
-  run_for(&loop, 20);
+  np_engine *e = open_pair_unread(&loop, "engine-keep", "kept", &s);
   np_conn_end(W.server_side, "EHANDLER", "handler error");
   CHECK(W.closed_server == 1 && strcmp(W.close_code, "EHANDLER") == 0);
   np_conn_resume(W.client);

@@ -241,23 +241,31 @@ FRAMER_TEST(lines_long_line, NP_FRAMING_LINES, LONG_LINE) {
   free(line);
 }
 
-FRAMER_TEST(lines_many_in_one_feed, NP_FRAMING_LINES, 100) {
+/* 1000 frames in one feed (lines or messages, as f's mode), all delivered by that call. */
+static void check_many_in_one_feed(np_framer *f, collector *c) {
   sbuf s = {0};
   char tmp[32];
   int i;
   for (i = 0; i < 1000; i++) {
-    int n = sprintf(tmp, "line %d\n", i);
-    sbuf_add(&s, tmp, (size_t)n);
+    int n = sprintf(tmp, "frame %d", i);
+    if (f->mode == NP_FRAMING_LINES) {
+      sbuf_add(&s, tmp, (size_t)n);
+      sbuf_add(&s, "\n", 1);
+    } else {
+      sbuf_add_message(&s, tmp, (size_t)n);
+    }
   }
   CHECK(np_framer_feed(f, s.p, s.len, collect, c) == 0);
   CHECK(c->count == 1000);
   for (i = 0; i < 1000 && (size_t)i < c->count; i++) {
-    sprintf(tmp, "line %d", i);
+    sprintf(tmp, "frame %d", i);
     CHECK(frame_is_str(c, (size_t)i, tmp));
   }
   CHECK(np_framer_pending(f) == 0);
   sbuf_free(&s);
 }
+
+FRAMER_TEST(lines_many_in_one_feed, NP_FRAMING_LINES, 100) { check_many_in_one_feed(f, c); }
 
 FRAMER_TEST(lines_empty_line, NP_FRAMING_LINES, 100) {
   CHECK(feed_str(f, "\n", c) == 0);
@@ -487,23 +495,7 @@ TEST_IMPL(message_split_every_offset) {
   sbuf_free(&s);
 }
 
-FRAMER_TEST(message_many_in_one_feed, NP_FRAMING_MESSAGE, 100) {
-  sbuf s = {0};
-  char tmp[32];
-  int i;
-  for (i = 0; i < 1000; i++) {
-    int n = sprintf(tmp, "msg %d", i);
-    sbuf_add_message(&s, tmp, (size_t)n);
-  }
-  CHECK(np_framer_feed(f, s.p, s.len, collect, c) == 0);
-  CHECK(c->count == 1000);
-  for (i = 0; i < 1000 && (size_t)i < c->count; i++) {
-    sprintf(tmp, "msg %d", i);
-    CHECK(frame_is_str(c, (size_t)i, tmp));
-  }
-  CHECK(np_framer_pending(f) == 0);
-  sbuf_free(&s);
-}
+FRAMER_TEST(message_many_in_one_feed, NP_FRAMING_MESSAGE, 100) { check_many_in_one_feed(f, c); }
 
 TEST_IMPL(message_1mib_random_pieces) {
   const size_t big = 1024 * 1024;
