@@ -257,7 +257,8 @@ static int l_connect(lua_State *L) {
   np_conn_opts o;
   check_client_opts(L, &o);
   np_conn *c = NULL;
-  return conn_result(L, x, np_conn_connect(x->engine, path, &o, &c), c);
+  int rc = np_conn_connect(x->engine, path, &o, &c); /* before conn_result reads c */
+  return conn_result(L, x, rc, c);
 }
 
 /* Binds a Lua table to a core object: events then carry the table. The table holds
@@ -281,7 +282,8 @@ static int l_open_fd(lua_State *L) {
   np_conn_opts o;
   check_client_opts(L, &o);
   np_conn *c = NULL;
-  return conn_result(L, x, np_conn_open_fd(x->engine, fd, &o, &c), c);
+  int rc = np_conn_open_fd(x->engine, fd, &o, &c); /* before conn_result reads c */
+  return conn_result(L, x, rc, c);
 }
 
 /* "live" (with the server's pid, uid, gid where known), "stale", or nil, message, code. */
