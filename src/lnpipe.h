@@ -19,6 +19,8 @@
 #define TIMER_MT "npipe.core.timer"
 #define SIGNAL_MT "npipe.core.signal"
 
+/* The events npipe.core calls Lua for: the engine's, and its timers' and signals'. Their
+ * names (core.init's keys) are event_names in lnpipe.c, indexed by these. */
 enum { EV_ACCEPT, EV_FRAME, EV_CLOSED, EV_CONNECTED, EV_FLUSHED, EV_DRAINED, EV_EOF, EV_TIMER, EV_SIGNAL,
        EV_COUNT };
 

@@ -248,8 +248,9 @@ static int staging_make(staging *st, const char *path) {
   st->sock[0] = '\0';
   if (mkdtemp(st->dir) == NULL) return -errno; /* 0700 */
   snprintf(st->sock, sizeof st->sock, "%s/s", st->dir);
-  if (strlen(st->sock) <= SUN_PATH_MAX) {
-    snprintf(st->name, sizeof st->name, "%s", st->sock);
+  size_t len = strlen(st->sock);
+  if (len <= SUN_PATH_MAX) {
+    memcpy(st->name, st->sock, len + 1);
     return 0;
   }
   int rc = staging_short_name(st);
