@@ -13,8 +13,10 @@ rm -rf "$OUT/include" "$OUT"/*.o && mkdir -p "$OUT/include/uv"
 cp /usr/include/uv.h "$OUT/include/"
 cp /usr/include/uv/*.h "$OUT/include/uv/"
 cp /usr/include/lua5.4/lua.h /usr/include/lua5.4/luaconf.h /usr/include/lua5.4/lauxlib.h "$OUT/include/"
-for f in np_framing np_engine np_platform_win lnpipe; do
+for c in src/*.c; do
+  f=$(basename "$c" .c)
+  [ "$f" = np_platform_unix ] && continue # every other file of src/ is built for Windows
   x86_64-w64-mingw32-gcc -std=gnu11 -Wall -Wextra -Werror -D_WIN32_WINNT=0x0600 \
-    -I"$OUT/include" -Isrc -c "src/$f.c" -o "$OUT/$f.o"
+    -I"$OUT/include" -Isrc -c "$c" -o "$OUT/$f.o"
 done
 echo "windows cross-compile clean: $(ls "$OUT"/*.o | wc -l) objects"

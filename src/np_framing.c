@@ -41,11 +41,6 @@ int np_framing_parse(const char *name) {
   return -1;
 }
 
-const char *np_framing_name(np_framing_mode mode) {
-  static const char *const names[] = {"bytes", "lines", "message"};
-  return (unsigned)mode < 3 ? names[mode] : "unknown";
-}
-
 /* Grows the partial-frame buffer; the bound keeps a hostile peer from making it huge. */
 static int append(np_framer *f, const char *data, size_t n) {
   if (n == 0) return 0;

@@ -56,6 +56,5 @@ void np_message_header(char out[NP_MESSAGE_HEADER], uint32_t len);
 
 /* Parses a framing name ("bytes", "lines", "message"); -1 when unknown. */
 int np_framing_parse(const char *name);
-const char *np_framing_name(np_framing_mode mode);
 
 #endif

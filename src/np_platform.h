@@ -78,8 +78,10 @@ int np_platform_file_id(const char *path, np_file_id *out);
 void np_platform_unlink_if_same(const char *path, const np_file_id *id);
 
 /* Binds pipe (initialised, not yet open) to path with the socket file created no
- * wider than mode: there is no window with wider access. The handle does not own
- * the file, so closing it never removes it (np_platform_unlink_if_same does). */
+ * wider than mode: there is no window with wider access, and the process umask is
+ * neither used nor changed. UV_EADDRINUSE when something exists at path already. The
+ * handle does not own the file, so closing it never removes it
+ * (np_platform_unlink_if_same does). */
 int np_platform_bind(uv_pipe_t *pipe, const char *path, int mode);
 
 /* Accepting without uv_listen. libuv 1.44's uv_listen accepts in uv__server_io, which on

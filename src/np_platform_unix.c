@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -215,21 +216,97 @@ void np_platform_unlink_if_same(const char *path, const np_file_id *id) {
   if (np_platform_file_id(path, &now) == 0 && now.dev == id->dev && now.ino == id->ino) unlink(path);
 }
 
-int np_platform_bind(uv_pipe_t *pipe, const char *path, int mode) {
+/* Where a socket is made before it moves to its path: a directory of its own, 0700 and
+ * next to the path (the same filesystem, so that the socket can be linked into place). */
+typedef struct staging {
+  char dir[SUN_PATH_MAX + 16];
+  char sock[SUN_PATH_MAX + 32];  /* dir/s */
+  char name[SUN_PATH_MAX + 1];   /* what bind is given: sock, or a shorter name for it */
+  int dirfd;
+} staging;
+
+/* A path near the limit with a short last name: Linux reaches the directory by a
+ * shorter name, the descriptor's entry in /proc. */
+static int staging_short_name(staging *st) {
+  char fddir[32];
+  st->dirfd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (st->dirfd < 0) return -errno;
+  snprintf(fddir, sizeof fddir, "/proc/self/fd/%d", st->dirfd);
+  if (access(fddir, X_OK) != 0) return UV_ENAMETOOLONG; /* no /proc */
+  snprintf(st->name, sizeof st->name, "%s/s", fddir);
+  return 0;
+}
+
+static void staging_remove(staging *st);
+
+static int staging_make(staging *st, const char *path) {
+  const char *slash = strrchr(path, '/');
+  /* ".XXXXXX": a dot file, and short, since the socket's own name must fit sun_path */
+  if (slash) snprintf(st->dir, sizeof st->dir, "%.*s/.XXXXXX", (int)(slash - path), path);
+  else snprintf(st->dir, sizeof st->dir, ".XXXXXX");
+  st->dirfd = -1;
+  st->sock[0] = '\0';
+  if (mkdtemp(st->dir) == NULL) return -errno; /* 0700 */
+  snprintf(st->sock, sizeof st->sock, "%s/s", st->dir);
+  size_t len = strlen(st->sock);
+  if (len <= SUN_PATH_MAX) {
+    memcpy(st->name, st->sock, len + 1);
+    return 0;
+  }
+  int rc = staging_short_name(st);
+  if (rc < 0) staging_remove(st);
+  return rc;
+}
+
+static void staging_remove(staging *st) {
+  unlink(st->sock);
+  rmdir(st->dir);
+  if (st->dirfd >= 0) close(st->dirfd);
+}
+
+/* Puts the socket at path, failing (EEXIST) when something is there already, as bind
+ * does: the stale-socket reclaim depends on that. link(2) where the filesystem has hard
+ * links, else Linux's rename without replace. */
+static int move_into_place(const char *from, const char *path) {
+  if (link(from, path) == 0) return 0;
+  int e = errno;
+#if defined(RENAME_NOREPLACE)
+  if (e == EPERM || e == EOPNOTSUPP || e == ENOTSUP) {
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, path, RENAME_NOREPLACE) == 0) return 0;
+    e = errno == EINVAL || errno == ENOSYS ? e : errno;
+  }
+#endif
+  return -e;
+}
+
+/* Binds fd to path with the file never wider than mode, at no moment, without the
+ * process umask (which every thread of a host such as Neovim shares): the socket is
+ * made in a private 0700 directory, where nobody else can reach it, given its mode
+ * there, and then moved to path. (getsockname and /proc/net/unix name the staging
+ * path, gone by then; npipe asks neither.) */
+static int bind_staged(int fd, const char *path, int mode) {
+  staging st;
+  int rc = staging_make(&st, path);
+  if (rc < 0) return rc;
   struct sockaddr_un sa;
-  if (strlen(path) > SUN_PATH_MAX) return UV_ENAMETOOLONG;
   memset(&sa, 0, sizeof sa);
   sa.sun_family = AF_UNIX;
-  memcpy(sa.sun_path, path, strlen(path));
+  memcpy(sa.sun_path, st.name, strlen(st.name));
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || chmod(st.sock, (mode_t)(mode & 0777)) != 0)
+    rc = -errno;
+  if (rc == 0) rc = move_into_place(st.sock, path);
+  staging_remove(&st);
+  return rc == UV_EEXIST ? UV_EADDRINUSE : rc;
+}
+
+int np_platform_bind(uv_pipe_t *pipe, const char *path, int mode) {
+  if (strlen(path) > SUN_PATH_MAX) return UV_ENAMETOOLONG;
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;
-  mode_t old = umask((mode_t)(0777 & ~mode));
-  int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
-  int e = errno;
-  umask(old);
+  int rc = bind_staged(fd, path, mode);
   if (rc != 0) {
     close(fd);
-    return -e;
+    return rc;
   }
   rc = uv_pipe_open(pipe, fd);
   if (rc != 0) {

@@ -11,16 +11,9 @@
 #define HAVE_SOCKET_FILES 1 /* Unix: a pipe is a file that close removes */
 #endif
 
+#include "harness.h"
 #include "np_engine.h"
 
-static int failures;
-#define CHECK(x)                                                              \
-  do {                                                                        \
-    if (!(x)) {                                                               \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #x); \
-      failures++;                                                             \
-    }                                                                         \
-  } while (0)
 
 typedef struct {
   np_conn *server_side, *client, *client2; /* client2: a second client, which does not echo */
@@ -156,11 +149,11 @@ static void run_until_at(uv_loop_t *loop, int *flag, int want, const char *what,
   if (*flag < want) {
     fprintf(stderr, "%s:%d: run_until gave up after %d ms: %s is %d, waited for %d\n", __FILE__, line,
             RUN_UNTIL_MS, what, *flag, want);
-    failures++;
+    harness_test_failed = 1;
   }
 }
 
-static void test_echo_flush_disconnect(void) {
+TEST_IMPL(echo_flush_disconnect) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   memset(&W, 0, sizeof W);
@@ -222,7 +215,6 @@ static void test_echo_flush_disconnect(void) {
   np_engine_free(e);
   CHECK(uv_loop_close(&loop) == 0);
   CHECK(W.released == 2); /* client and its server side (the refused listen's probe is never accepted) */
-  printf("ok echo_flush_disconnect\n");
 }
 
 /* Turns the loop for about ms milliseconds, whatever else is pending. */
@@ -271,7 +263,7 @@ static void close_pair(uv_loop_t *loop, np_engine *e, np_server *s) {
 
 /* FlushFileBuffers semantics: flushed only once the client has read, and a cancelled
  * flush (Windows: a pool thread blocked in FlushFileBuffers) reports nothing. */
-static void test_flush_waits_for_reader(void) {
+TEST_IMPL(flush_waits_for_reader) {
   uv_loop_t loop;
   np_server *s = NULL;
   np_engine *e = open_pair(&loop, "engine-flush", NP_FRAMING_MESSAGE, 1024, &s);
@@ -310,12 +302,11 @@ static void test_flush_waits_for_reader(void) {
   CHECK(W.closed_server == 1 && W.flushed >= 1);
 #endif
   close_pair(&loop, e, s);
-  printf("ok flush_waits_for_reader\n");
 }
 
 /* A flush cancelled from the flushed event of another connection, in the same poll,
  * reports nothing, and the poll goes on with the connections after it. */
-static void test_cancel_from_flushed_event(void) {
+TEST_IMPL(cancel_from_flushed_event) {
   uv_loop_t loop;
   np_server *s = NULL;
   np_engine *e = open_pair(&loop, "engine-cancel", NP_FRAMING_MESSAGE, 1024, &s);
@@ -334,17 +325,23 @@ static void test_cancel_from_flushed_event(void) {
   run_for(&loop, 30);
   CHECK(W.cancelled == 1 && W.flushed_after_cancel == 0);
   close_pair(&loop, e, s);
-  printf("ok cancel_from_flushed_event\n");
+}
+
+/* A pair whose client has paused reading, with msg written to it by the server's end
+ * and not read yet. */
+static np_engine *open_pair_unread(uv_loop_t *loop, const char *tag, const char *msg, np_server **s) {
+  np_engine *e = open_pair(loop, tag, NP_FRAMING_MESSAGE, 1024, s);
+  np_conn_pause(W.client);
+  CHECK(np_conn_write(W.server_side, msg, strlen(msg)) == 0);
+  run_for(loop, 20);
+  return e;
 }
 
 /* DisconnectNamedPipe drops what the client has not read; a Unix peer still reads it. */
-static void test_disconnect_drops_unread(void) {
+TEST_IMPL(disconnect_drops_unread) {
   uv_loop_t loop;
   np_server *s = NULL;
-  np_engine *e = open_pair(&loop, "engine-drop", NP_FRAMING_MESSAGE, 1024, &s);
-  np_conn_pause(W.client);
-  CHECK(np_conn_write(W.server_side, "unread", 6) == 0);
-  run_for(&loop, 20);
+  np_engine *e = open_pair_unread(&loop, "engine-drop", "unread", &s);
   np_conn_disconnect(W.server_side, NULL, NULL);
   np_conn_resume(W.client);
   run_until(&loop, &W.closed_client, 1);
@@ -358,27 +355,22 @@ static void test_disconnect_drops_unread(void) {
   CHECK(W.client_msgs == 1 && strcmp(W.last_client_msg, "unread") == 0);
 #endif
   close_pair(&loop, e, s);
-  printf("ok disconnect_drops_unread\n");
 }
 
 /* An end the user did not ask for (np_conn_end) leaves written bytes readable everywhere. */
-static void test_end_keeps_unread(void) {
+TEST_IMPL(end_keeps_unread) {
   uv_loop_t loop;
   np_server *s = NULL;
-  np_engine *e = open_pair(&loop, "engine-keep", NP_FRAMING_MESSAGE, 1024, &s);
-  np_conn_pause(W.client);
-  CHECK(np_conn_write(W.server_side, "kept", 4) == 0);
-  run_for(&loop, 20);
+  np_engine *e = open_pair_unread(&loop, "engine-keep", "kept", &s);
   np_conn_end(W.server_side, "EHANDLER", "handler error");
   CHECK(W.closed_server == 1 && strcmp(W.close_code, "EHANDLER") == 0);
   np_conn_resume(W.client);
   run_until(&loop, &W.closed_client, 1);
   CHECK(W.client_msgs == 1 && strcmp(W.last_client_msg, "kept") == 0);
   close_pair(&loop, e, s);
-  printf("ok end_keeps_unread\n");
 }
 
-static void test_oversized_message(void) {
+TEST_IMPL(oversized_message) {
   uv_loop_t loop;
   np_server *s = NULL;
   np_engine *e = open_pair(&loop, "engine-big", NP_FRAMING_MESSAGE, 16, &s);
@@ -387,7 +379,6 @@ static void test_oversized_message(void) {
   CHECK(strcmp(W.close_code, "EMSGSIZE") == 0);
   CHECK(W.server_msgs == 0);
   close_pair(&loop, e, s);
-  printf("ok oversized_message\n");
 }
 
 static double seconds_now(void) { return (double)uv_hrtime() / 1e9; }
@@ -397,7 +388,7 @@ static double seconds_now(void) { return (double)uv_hrtime() / 1e9; }
  * that what it holds stays near high_water however much the peer sends (a read already
  * taken is framed and echoed whole: up to 64 KiB past the mark). Once the peer reads
  * again, the server resumes and everything the peer sent comes back. */
-static void test_high_water_stops_reading(void) {
+TEST_IMPL(high_water_stops_reading) {
   enum { HIGH_WATER = 16 * 1024, MSG = 1000, PER_ROUND = 64, ROUNDS = 128 };
   uv_loop_t loop;
   np_server *s = NULL;
@@ -438,7 +429,6 @@ static void test_high_water_stops_reading(void) {
   CHECK(W.client_msgs == sent);
   CHECK(np_server_stats(s).bytes_in == total);
   close_pair(&loop, e, s);
-  printf("ok high_water_stops_reading\n");
 }
 
 /* Runs the loop until it has nothing left, for a bounded number of turns. */
@@ -449,7 +439,7 @@ static int run_out(uv_loop_t *loop) {
 
 /* A client given up while connecting must not take the open connections out of the
  * engine's list: shutdown has to close them all. */
-static void test_give_up_connecting(void) {
+TEST_IMPL(give_up_connecting) {
   uv_loop_t loop;
   np_server *s = NULL;
   np_engine *e = open_pair(&loop, "engine-giveup", NP_FRAMING_LINES, 1024, &s);
@@ -462,13 +452,12 @@ static void test_give_up_connecting(void) {
   CHECK(run_out(&loop));
   np_engine_free(e);
   CHECK(uv_loop_close(&loop) == 0);
-  printf("ok give_up_connecting\n");
 }
 
 /* np_engine_release: released for every object at once, no event after the call, and
  * the engine frees itself (valgrind checks) once the loop, run later by someone else,
  * has called back for every handle. */
-static void test_release(void) {
+TEST_IMPL(release) {
   uv_loop_t loop;
   np_server *s = NULL;
   np_engine *e = open_pair(&loop, "engine-release", NP_FRAMING_LINES, 1024, &s);
@@ -485,21 +474,28 @@ static void test_release(void) {
   CHECK(run_out(&loop));
   CHECK(W.released == released + 4 && W.closed_client + W.closed_server == closed && W.connected == 1);
   CHECK(uv_loop_close(&loop) == 0);
-  printf("ok release\n");
 }
 
-int main(void) {
-  test_echo_flush_disconnect();
-  test_oversized_message();
-  test_flush_waits_for_reader();
-  test_disconnect_drops_unread();
-  test_end_keeps_unread();
-  test_cancel_from_flushed_event();
-  test_give_up_connecting();
-  test_release();
-  test_high_water_stops_reading();
 #ifdef HAVE_SOCKET_FILES
-  CHECK(rmdir(private_dir) == 0); /* every server removed its socket file */
-#endif
-  return failures ? 1 : 0;
+/* Last: every server removed its socket file, so the test's directory is empty. */
+TEST_IMPL(socket_files_removed) {
+  if (private_dir[0]) CHECK(rmdir(private_dir) == 0);
 }
+#endif
+
+static const test_entry TESTS[] = {
+    TEST_ENTRY(echo_flush_disconnect),
+    TEST_ENTRY(oversized_message),
+    TEST_ENTRY(flush_waits_for_reader),
+    TEST_ENTRY(disconnect_drops_unread),
+    TEST_ENTRY(end_keeps_unread),
+    TEST_ENTRY(cancel_from_flushed_event),
+    TEST_ENTRY(give_up_connecting),
+    TEST_ENTRY(release),
+    TEST_ENTRY(high_water_stops_reading),
+#ifdef HAVE_SOCKET_FILES
+    TEST_ENTRY(socket_files_removed),
+#endif
+};
+
+int main(int argc, char **argv) { return run_tests(TESTS, TEST_COUNT(TESTS), argc, argv); }

@@ -1,24 +1,13 @@
-/* Unit tests for the framing decoder (src/np_framing.c).
- * Plain C99, no framework: each test is a static function; CHECK prints the
- * failed expression with file:line and marks the run as failed. */
+/* Unit tests for the framing decoder (src/np_framing.c), on tests/harness.h. Most
+ * tests are FRAMER_TESTs: they get a framer f and a collector c of what it delivers,
+ * made before and freed after the body. */
+#include "harness.h"
 #include "np_framing.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int g_failed = 0;
-static int g_test_failed = 0;
-
-#define CHECK(expr)                                                      \
-  do {                                                                   \
-    if (!(expr)) {                                                       \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #expr); \
-      g_failed = 1;                                                      \
-      g_test_failed = 1;                                                 \
-    }                                                                    \
-  } while (0)
 
 /* ---------- frame collector ---------- */
 
@@ -90,6 +79,21 @@ static int feed_bytewise(np_framer *f, const char *s, size_t n, collector *c) {
   return 0;
 }
 
+/* A test with framer f (mode, max_message) and collector c, both pointers, made before
+ * the body and freed after it. A body may free and init f again, for another round. */
+#define FRAMER_TEST(name, mode, max)                       \
+  static void name##_body(np_framer *f, collector *c);     \
+  TEST_IMPL(name) {                                        \
+    np_framer f;                                           \
+    collector c;                                           \
+    np_framer_init(&f, (mode), (max));                     \
+    collector_init(&c);                                    \
+    name##_body(&f, &c);                                   \
+    collector_free(&c);                                    \
+    np_framer_free(&f);                                    \
+  }                                                        \
+  static void name##_body(np_framer *f, collector *c)
+
 /* ---------- PRNG (xorshift32, fixed seeds: repeatable) ---------- */
 
 static uint32_t g_rng = 2463534242u;
@@ -136,117 +140,86 @@ static void sbuf_free(sbuf *b) {
 
 /* ======================= bytes mode ======================= */
 
-static void test_bytes_passthrough(void) {
-  np_framer f;
-  collector c;
-  np_framer_init(&f, NP_FRAMING_BYTES, 16);
-  collector_init(&c);
-  CHECK(feed_str(&f, "hello", &c) == 0);
-  CHECK(feed_str(&f, "a\nb\n", &c) == 0);
+FRAMER_TEST(bytes_passthrough, NP_FRAMING_BYTES, 16) {
+  CHECK(feed_str(f, "hello", c) == 0);
+  CHECK(feed_str(f, "a\nb\n", c) == 0);
   /* chunks are not bounded by max_message and not split or joined */
-  CHECK(feed_str(&f, "0123456789abcdefghijklmnop", &c) == 0);
-  CHECK(np_framer_feed(&f, "x\0y", 3, collect, &c) == 0);
-  CHECK(c.count == 4);
-  CHECK(frame_is_str(&c, 0, "hello"));
-  CHECK(frame_is_str(&c, 1, "a\nb\n"));
-  CHECK(frame_is_str(&c, 2, "0123456789abcdefghijklmnop"));
-  CHECK(frame_is(&c, 3, "x\0y", 3));
-  CHECK(np_framer_pending(&f) == 0);
-  CHECK(np_framer_finish(&f, collect, &c) == 0);
-  CHECK(c.count == 4);
-  collector_free(&c);
-  np_framer_free(&f);
+  CHECK(feed_str(f, "0123456789abcdefghijklmnop", c) == 0);
+  CHECK(np_framer_feed(f, "x\0y", 3, collect, c) == 0);
+  CHECK(c->count == 4);
+  CHECK(frame_is_str(c, 0, "hello"));
+  CHECK(frame_is_str(c, 1, "a\nb\n"));
+  CHECK(frame_is_str(c, 2, "0123456789abcdefghijklmnop"));
+  CHECK(frame_is(c, 3, "x\0y", 3));
+  CHECK(np_framer_pending(f) == 0);
+  CHECK(np_framer_finish(f, collect, c) == 0);
+  CHECK(c->count == 4);
 }
 
-static void test_bytes_empty_feed(void) {
-  np_framer f;
-  collector c;
-  np_framer_init(&f, NP_FRAMING_BYTES, 16);
-  collector_init(&c);
-  CHECK(np_framer_feed(&f, "", 0, collect, &c) == 0);
-  CHECK(np_framer_feed(&f, "abc", 0, collect, &c) == 0);
-  CHECK(c.count == 0);
-  CHECK(np_framer_finish(&f, collect, &c) == 0);
-  CHECK(c.count == 0);
-  collector_free(&c);
-  np_framer_free(&f);
+FRAMER_TEST(bytes_empty_feed, NP_FRAMING_BYTES, 16) {
+  CHECK(np_framer_feed(f, "", 0, collect, c) == 0);
+  CHECK(np_framer_feed(f, "abc", 0, collect, c) == 0);
+  CHECK(c->count == 0);
+  CHECK(np_framer_finish(f, collect, c) == 0);
+  CHECK(c->count == 0);
 }
 
 /* ======================= lines mode ======================= */
 
-static void test_lines_basic(void) {
-  np_framer f;
-  collector c;
-  np_framer_init(&f, NP_FRAMING_LINES, 100);
-  collector_init(&c);
-  CHECK(feed_str(&f, "a\nb\n", &c) == 0);
-  CHECK(c.count == 2);
-  CHECK(frame_is_str(&c, 0, "a"));
-  CHECK(frame_is_str(&c, 1, "b"));
-  CHECK(np_framer_pending(&f) == 0);
-  collector_free(&c);
-  np_framer_free(&f);
+FRAMER_TEST(lines_basic, NP_FRAMING_LINES, 100) {
+  CHECK(feed_str(f, "a\nb\n", c) == 0);
+  CHECK(c->count == 2);
+  CHECK(frame_is_str(c, 0, "a"));
+  CHECK(frame_is_str(c, 1, "b"));
+  CHECK(np_framer_pending(f) == 0);
 }
 
-static void test_lines_crlf(void) {
-  np_framer f;
-  collector c;
-  np_framer_init(&f, NP_FRAMING_LINES, 100);
-  collector_init(&c);
-  CHECK(feed_str(&f, "one\r\ntwo\r\n\r\n", &c) == 0);
+FRAMER_TEST(lines_crlf, NP_FRAMING_LINES, 100) {
+  CHECK(feed_str(f, "one\r\ntwo\r\n\r\n", c) == 0);
   /* \r split from \n across feeds */
-  CHECK(feed_str(&f, "three\r", &c) == 0);
-  CHECK(feed_str(&f, "\n", &c) == 0);
+  CHECK(feed_str(f, "three\r", c) == 0);
+  CHECK(feed_str(f, "\n", c) == 0);
   /* only one trailing \r is stripped; an inner \r is payload */
-  CHECK(feed_str(&f, "four\r\r\nfi\rve\n", &c) == 0);
-  CHECK(c.count == 6);
-  CHECK(frame_is_str(&c, 0, "one"));
-  CHECK(frame_is_str(&c, 1, "two"));
-  CHECK(frame_is_str(&c, 2, ""));
-  CHECK(frame_is_str(&c, 3, "three"));
-  CHECK(frame_is_str(&c, 4, "four\r"));
-  CHECK(frame_is_str(&c, 5, "fi\rve"));
-  CHECK(np_framer_pending(&f) == 0);
-  collector_free(&c);
-  np_framer_free(&f);
+  CHECK(feed_str(f, "four\r\r\nfi\rve\n", c) == 0);
+  CHECK(c->count == 6);
+  CHECK(frame_is_str(c, 0, "one"));
+  CHECK(frame_is_str(c, 1, "two"));
+  CHECK(frame_is_str(c, 2, ""));
+  CHECK(frame_is_str(c, 3, "three"));
+  CHECK(frame_is_str(c, 4, "four\r"));
+  CHECK(frame_is_str(c, 5, "fi\rve"));
+  CHECK(np_framer_pending(f) == 0);
 }
 
-static void test_lines_split_across_feeds(void) {
-  np_framer f;
-  collector c;
+FRAMER_TEST(lines_split_across_feeds, NP_FRAMING_LINES, 100) {
   const char *line = "the quick brown fox jumps over the lazy dog";
-  np_framer_init(&f, NP_FRAMING_LINES, 100);
-  collector_init(&c);
-  CHECK(feed_str(&f, "the ", &c) == 0);
-  CHECK(feed_str(&f, "quick ", &c) == 0);
-  CHECK(np_framer_feed(&f, "", 0, collect, &c) == 0);
-  CHECK(feed_str(&f, "brown fox ", &c) == 0);
-  CHECK(feed_str(&f, "jumps over the lazy dog", &c) == 0);
-  CHECK(c.count == 0);
-  CHECK(np_framer_pending(&f) == strlen(line));
-  CHECK(feed_str(&f, "\nnext", &c) == 0);
-  CHECK(c.count == 1);
-  CHECK(frame_is_str(&c, 0, line));
-  CHECK(np_framer_pending(&f) == 4);
-  CHECK(feed_str(&f, "\n", &c) == 0);
-  CHECK(c.count == 2);
-  CHECK(frame_is_str(&c, 1, "next"));
+  CHECK(feed_str(f, "the ", c) == 0);
+  CHECK(feed_str(f, "quick ", c) == 0);
+  CHECK(np_framer_feed(f, "", 0, collect, c) == 0);
+  CHECK(feed_str(f, "brown fox ", c) == 0);
+  CHECK(feed_str(f, "jumps over the lazy dog", c) == 0);
+  CHECK(c->count == 0);
+  CHECK(np_framer_pending(f) == strlen(line));
+  CHECK(feed_str(f, "\nnext", c) == 0);
+  CHECK(c->count == 1);
+  CHECK(frame_is_str(c, 0, line));
+  CHECK(np_framer_pending(f) == 4);
+  CHECK(feed_str(f, "\n", c) == 0);
+  CHECK(c->count == 2);
+  CHECK(frame_is_str(c, 1, "next"));
   /* the same line byte by byte */
-  CHECK(feed_bytewise(&f, line, strlen(line), &c) == 0);
-  CHECK(c.count == 2);
-  CHECK(feed_bytewise(&f, "\r\n", 2, &c) == 0);
-  CHECK(c.count == 3);
-  CHECK(frame_is_str(&c, 2, line));
-  CHECK(np_framer_pending(&f) == 0);
-  collector_free(&c);
-  np_framer_free(&f);
+  CHECK(feed_bytewise(f, line, strlen(line), c) == 0);
+  CHECK(c->count == 2);
+  CHECK(feed_bytewise(f, "\r\n", 2, c) == 0);
+  CHECK(c->count == 3);
+  CHECK(frame_is_str(c, 2, line));
+  CHECK(np_framer_pending(f) == 0);
 }
 
 /* A 200 KiB line in random pieces: the buffer grows past 64 KiB and is released. */
-static void test_lines_long_line(void) {
-  const size_t big = 200 * 1024;
-  np_framer f;
-  collector c;
+#define LONG_LINE (200 * 1024)
+FRAMER_TEST(lines_long_line, NP_FRAMING_LINES, LONG_LINE) {
+  const size_t big = LONG_LINE;
   char *line = (char *)malloc(big + 2);
   size_t i, off = 0;
   if (line == NULL) abort();
@@ -254,224 +227,188 @@ static void test_lines_long_line(void) {
   for (i = 0; i < big; i++) line[i] = (char)('a' + rnd() % 26);
   line[big] = '\r';
   line[big + 1] = '\n';
-  np_framer_init(&f, NP_FRAMING_LINES, big);
-  collector_init(&c);
   while (off < big + 2) {
     size_t n = rnd() % 10000 + 1;
     if (n > big + 2 - off) n = big + 2 - off;
-    CHECK(np_framer_feed(&f, line + off, n, collect, &c) == 0);
+    CHECK(np_framer_feed(f, line + off, n, collect, c) == 0);
     off += n;
   }
-  CHECK(feed_str(&f, "short\n", &c) == 0);
-  CHECK(c.count == 2);
-  CHECK(frame_is(&c, 0, line, big));
-  CHECK(frame_is_str(&c, 1, "short"));
-  CHECK(np_framer_pending(&f) == 0);
+  CHECK(feed_str(f, "short\n", c) == 0);
+  CHECK(c->count == 2);
+  CHECK(frame_is(c, 0, line, big));
+  CHECK(frame_is_str(c, 1, "short"));
+  CHECK(np_framer_pending(f) == 0);
   free(line);
-  collector_free(&c);
-  np_framer_free(&f);
 }
 
-static void test_lines_many_in_one_feed(void) {
-  np_framer f;
-  collector c;
+/* 1000 frames in one feed (lines or messages, as f's mode), all delivered by that call. */
+static void check_many_in_one_feed(np_framer *f, collector *c) {
   sbuf s = {0};
   char tmp[32];
   int i;
-  np_framer_init(&f, NP_FRAMING_LINES, 100);
-  collector_init(&c);
   for (i = 0; i < 1000; i++) {
-    int n = sprintf(tmp, "line %d\n", i);
-    sbuf_add(&s, tmp, (size_t)n);
+    int n = sprintf(tmp, "frame %d", i);
+    if (f->mode == NP_FRAMING_LINES) {
+      sbuf_add(&s, tmp, (size_t)n);
+      sbuf_add(&s, "\n", 1);
+    } else {
+      sbuf_add_message(&s, tmp, (size_t)n);
+    }
   }
-  CHECK(np_framer_feed(&f, s.p, s.len, collect, &c) == 0);
-  CHECK(c.count == 1000);
-  for (i = 0; i < 1000 && (size_t)i < c.count; i++) {
-    sprintf(tmp, "line %d", i);
-    CHECK(frame_is_str(&c, (size_t)i, tmp));
+  CHECK(np_framer_feed(f, s.p, s.len, collect, c) == 0);
+  CHECK(c->count == 1000);
+  for (i = 0; i < 1000 && (size_t)i < c->count; i++) {
+    sprintf(tmp, "frame %d", i);
+    CHECK(frame_is_str(c, (size_t)i, tmp));
   }
-  CHECK(np_framer_pending(&f) == 0);
+  CHECK(np_framer_pending(f) == 0);
   sbuf_free(&s);
-  collector_free(&c);
-  np_framer_free(&f);
 }
 
-static void test_lines_empty_line(void) {
-  np_framer f;
-  collector c;
-  np_framer_init(&f, NP_FRAMING_LINES, 100);
-  collector_init(&c);
-  CHECK(feed_str(&f, "\n", &c) == 0);
-  CHECK(feed_str(&f, "\n\nx\n\n", &c) == 0);
-  CHECK(feed_str(&f, "\r\n", &c) == 0);
-  CHECK(c.count == 6);
-  CHECK(frame_is_str(&c, 0, ""));
-  CHECK(frame_is_str(&c, 1, ""));
-  CHECK(frame_is_str(&c, 2, ""));
-  CHECK(frame_is_str(&c, 3, "x"));
-  CHECK(frame_is_str(&c, 4, ""));
-  CHECK(frame_is_str(&c, 5, ""));
-  CHECK(np_framer_pending(&f) == 0);
-  collector_free(&c);
-  np_framer_free(&f);
+FRAMER_TEST(lines_many_in_one_feed, NP_FRAMING_LINES, 100) { check_many_in_one_feed(f, c); }
+
+FRAMER_TEST(lines_empty_line, NP_FRAMING_LINES, 100) {
+  CHECK(feed_str(f, "\n", c) == 0);
+  CHECK(feed_str(f, "\n\nx\n\n", c) == 0);
+  CHECK(feed_str(f, "\r\n", c) == 0);
+  CHECK(c->count == 6);
+  CHECK(frame_is_str(c, 0, ""));
+  CHECK(frame_is_str(c, 1, ""));
+  CHECK(frame_is_str(c, 2, ""));
+  CHECK(frame_is_str(c, 3, "x"));
+  CHECK(frame_is_str(c, 4, ""));
+  CHECK(frame_is_str(c, 5, ""));
+  CHECK(np_framer_pending(f) == 0);
 }
 
-static void test_lines_finish_unterminated(void) {
-  np_framer f;
-  collector c;
-  np_framer_init(&f, NP_FRAMING_LINES, 100);
-  collector_init(&c);
-  CHECK(feed_str(&f, "first\nlast", &c) == 0);
-  CHECK(c.count == 1);
-  CHECK(np_framer_pending(&f) == 4);
-  CHECK(np_framer_finish(&f, collect, &c) == 0);
-  CHECK(c.count == 2);
-  CHECK(frame_is_str(&c, 1, "last"));
-  CHECK(np_framer_pending(&f) == 0);
+FRAMER_TEST(lines_finish_unterminated, NP_FRAMING_LINES, 100) {
+  CHECK(feed_str(f, "first\nlast", c) == 0);
+  CHECK(c->count == 1);
+  CHECK(np_framer_pending(f) == 4);
+  CHECK(np_framer_finish(f, collect, c) == 0);
+  CHECK(c->count == 2);
+  CHECK(frame_is_str(c, 1, "last"));
+  CHECK(np_framer_pending(f) == 0);
   /* a second finish delivers nothing more */
-  CHECK(np_framer_finish(&f, collect, &c) == 0);
-  CHECK(c.count == 2);
-  np_framer_free(&f);
+  CHECK(np_framer_finish(f, collect, c) == 0);
+  CHECK(c->count == 2);
+  np_framer_free(f);
 
   /* an unterminated last line ending in \r: the \r is stripped */
-  np_framer_init(&f, NP_FRAMING_LINES, 100);
-  CHECK(feed_str(&f, "tail\r", &c) == 0);
-  CHECK(np_framer_finish(&f, collect, &c) == 0);
-  CHECK(c.count == 3);
-  CHECK(frame_is_str(&c, 2, "tail"));
-  np_framer_free(&f);
+  np_framer_init(f, NP_FRAMING_LINES, 100);
+  CHECK(feed_str(f, "tail\r", c) == 0);
+  CHECK(np_framer_finish(f, collect, c) == 0);
+  CHECK(c->count == 3);
+  CHECK(frame_is_str(c, 2, "tail"));
+  np_framer_free(f);
 
   /* finish with nothing pending delivers nothing */
-  np_framer_init(&f, NP_FRAMING_LINES, 100);
-  CHECK(feed_str(&f, "done\n", &c) == 0);
-  CHECK(np_framer_finish(&f, collect, &c) == 0);
-  CHECK(c.count == 4);
-  collector_free(&c);
-  np_framer_free(&f);
+  np_framer_init(f, NP_FRAMING_LINES, 100);
+  CHECK(feed_str(f, "done\n", c) == 0);
+  CHECK(np_framer_finish(f, collect, c) == 0);
+  CHECK(c->count == 4);
 }
 
-static void test_lines_too_big(void) {
-  np_framer f;
-  collector c;
-  collector_init(&c);
-
+FRAMER_TEST(lines_too_big, NP_FRAMING_LINES, 5) {
   /* whole line in one feed */
-  np_framer_init(&f, NP_FRAMING_LINES, 5);
-  CHECK(feed_str(&f, "123456\n", &c) == NP_FRAME_ETOOBIG);
-  CHECK(f.announced == 6);
-  CHECK(c.count == 0);
-  np_framer_free(&f);
+  CHECK(feed_str(f, "123456\n", c) == NP_FRAME_ETOOBIG);
+  CHECK(f->announced == 6);
+  CHECK(c->count == 0);
+  np_framer_free(f);
 
   /* unterminated but already too long */
-  np_framer_init(&f, NP_FRAMING_LINES, 5);
-  CHECK(feed_str(&f, "1234567", &c) == NP_FRAME_ETOOBIG);
-  CHECK(f.announced == 7);
-  CHECK(c.count == 0);
-  np_framer_free(&f);
+  np_framer_init(f, NP_FRAMING_LINES, 5);
+  CHECK(feed_str(f, "1234567", c) == NP_FRAME_ETOOBIG);
+  CHECK(f->announced == 7);
+  CHECK(c->count == 0);
+  np_framer_free(f);
 
   /* byte by byte: the error comes exactly at byte max+1, not before */
   {
     const char *s = "123456";
     int rc = 0;
     size_t i;
-    np_framer_init(&f, NP_FRAMING_LINES, 5);
-    for (i = 0; i < 5; i++) CHECK(np_framer_feed(&f, s + i, 1, collect, &c) == 0);
-    rc = np_framer_feed(&f, s + 5, 1, collect, &c);
+    np_framer_init(f, NP_FRAMING_LINES, 5);
+    for (i = 0; i < 5; i++) CHECK(np_framer_feed(f, s + i, 1, collect, c) == 0);
+    rc = np_framer_feed(f, s + 5, 1, collect, c);
     CHECK(rc == NP_FRAME_ETOOBIG);
-    CHECK(f.announced == 6);
-    CHECK(c.count == 0);
-    CHECK(np_framer_pending(&f) <= 5); /* the buffer stays bounded */
-    np_framer_free(&f);
+    CHECK(f->announced == 6);
+    CHECK(c->count == 0);
+    CHECK(np_framer_pending(f) <= 5); /* the buffer stays bounded */
+    np_framer_free(f);
   }
 
   /* after good lines, a later long line still fails, and earlier ones were delivered */
-  np_framer_init(&f, NP_FRAMING_LINES, 5);
-  CHECK(feed_str(&f, "ab\n", &c) == 0);
-  CHECK(feed_str(&f, "abc", &c) == 0);
-  CHECK(feed_str(&f, "def\n", &c) == NP_FRAME_ETOOBIG);
-  CHECK(f.announced == 6);
-  CHECK(c.count == 1);
-  CHECK(frame_is_str(&c, 0, "ab"));
-  np_framer_free(&f);
+  np_framer_init(f, NP_FRAMING_LINES, 5);
+  CHECK(feed_str(f, "ab\n", c) == 0);
+  CHECK(feed_str(f, "abc", c) == 0);
+  CHECK(feed_str(f, "def\n", c) == NP_FRAME_ETOOBIG);
+  CHECK(f->announced == 6);
+  CHECK(c->count == 1);
+  CHECK(frame_is_str(c, 0, "ab"));
+  np_framer_free(f);
 
   /* max+1 bytes where the extra byte is a \r not at the end: still payload */
-  np_framer_init(&f, NP_FRAMING_LINES, 5);
-  CHECK(feed_str(&f, "12345\r", &c) == 0); /* could still be a \r\n */
-  CHECK(feed_str(&f, "x", &c) == NP_FRAME_ETOOBIG);
-  CHECK(c.count == 1);
-  np_framer_free(&f);
+  np_framer_init(f, NP_FRAMING_LINES, 5);
+  CHECK(feed_str(f, "12345\r", c) == 0); /* could still be a \r\n */
+  CHECK(feed_str(f, "x", c) == NP_FRAME_ETOOBIG);
+  CHECK(c->count == 1);
+  np_framer_free(f);
 
   /* "12345\r\r\n" is the 6-byte line "12345\r" */
-  np_framer_init(&f, NP_FRAMING_LINES, 5);
-  CHECK(feed_str(&f, "12345\r\r\n", &c) == NP_FRAME_ETOOBIG);
-  CHECK(c.count == 1);
-  np_framer_free(&f);
-
-  collector_free(&c);
+  np_framer_init(f, NP_FRAMING_LINES, 5);
+  CHECK(feed_str(f, "12345\r\r\n", c) == NP_FRAME_ETOOBIG);
+  CHECK(c->count == 1);
 }
 
-static void test_lines_exact_max(void) {
-  np_framer f;
-  collector c;
-  collector_init(&c);
-
-  np_framer_init(&f, NP_FRAMING_LINES, 5);
-  CHECK(feed_str(&f, "12345\n", &c) == 0);
-  CHECK(feed_str(&f, "abcde\r\n", &c) == 0);
-  CHECK(feed_bytewise(&f, "ABCDE\n", 6, &c) == 0);
-  CHECK(feed_bytewise(&f, "vwxyz\r\n", 7, &c) == 0);
-  CHECK(feed_str(&f, "pqrst\r", &c) == 0);
-  CHECK(feed_str(&f, "\n", &c) == 0);
-  CHECK(feed_str(&f, "KLM", &c) == 0);
-  CHECK(feed_str(&f, "NO\r\n", &c) == 0);
-  CHECK(feed_str(&f, "fghij", &c) == 0); /* unterminated, delivered by finish */
-  CHECK(np_framer_finish(&f, collect, &c) == 0);
-  CHECK(c.count == 7);
-  CHECK(frame_is_str(&c, 0, "12345"));
-  CHECK(frame_is_str(&c, 1, "abcde"));
-  CHECK(frame_is_str(&c, 2, "ABCDE"));
-  CHECK(frame_is_str(&c, 3, "vwxyz"));
-  CHECK(frame_is_str(&c, 4, "pqrst"));
-  CHECK(frame_is_str(&c, 5, "KLMNO"));
-  CHECK(frame_is_str(&c, 6, "fghij"));
-  CHECK(np_framer_pending(&f) == 0);
-  np_framer_free(&f);
+FRAMER_TEST(lines_exact_max, NP_FRAMING_LINES, 5) {
+  CHECK(feed_str(f, "12345\n", c) == 0);
+  CHECK(feed_str(f, "abcde\r\n", c) == 0);
+  CHECK(feed_bytewise(f, "ABCDE\n", 6, c) == 0);
+  CHECK(feed_bytewise(f, "vwxyz\r\n", 7, c) == 0);
+  CHECK(feed_str(f, "pqrst\r", c) == 0);
+  CHECK(feed_str(f, "\n", c) == 0);
+  CHECK(feed_str(f, "KLM", c) == 0);
+  CHECK(feed_str(f, "NO\r\n", c) == 0);
+  CHECK(feed_str(f, "fghij", c) == 0); /* unterminated, delivered by finish */
+  CHECK(np_framer_finish(f, collect, c) == 0);
+  CHECK(c->count == 7);
+  CHECK(frame_is_str(c, 0, "12345"));
+  CHECK(frame_is_str(c, 1, "abcde"));
+  CHECK(frame_is_str(c, 2, "ABCDE"));
+  CHECK(frame_is_str(c, 3, "vwxyz"));
+  CHECK(frame_is_str(c, 4, "pqrst"));
+  CHECK(frame_is_str(c, 5, "KLMNO"));
+  CHECK(frame_is_str(c, 6, "fghij"));
+  CHECK(np_framer_pending(f) == 0);
+  np_framer_free(f);
 
   /* unterminated exactly-max line ending in \r, delivered by finish */
-  np_framer_init(&f, NP_FRAMING_LINES, 5);
-  CHECK(feed_bytewise(&f, "12345\r", 6, &c) == 0);
-  CHECK(np_framer_finish(&f, collect, &c) == 0);
-  CHECK(c.count == 8);
-  CHECK(frame_is_str(&c, 7, "12345"));
-  np_framer_free(&f);
-
-  collector_free(&c);
+  np_framer_init(f, NP_FRAMING_LINES, 5);
+  CHECK(feed_bytewise(f, "12345\r", 6, c) == 0);
+  CHECK(np_framer_finish(f, collect, c) == 0);
+  CHECK(c->count == 8);
+  CHECK(frame_is_str(c, 7, "12345"));
 }
 
 /* ======================= message mode ======================= */
 
-static void test_message_basic(void) {
-  np_framer f;
-  collector c;
+FRAMER_TEST(message_basic, NP_FRAMING_MESSAGE, 1000) {
   sbuf s = {0};
-  np_framer_init(&f, NP_FRAMING_MESSAGE, 1000);
-  collector_init(&c);
   sbuf_add_message(&s, "hello", 5);
   sbuf_add_message(&s, "a\nb\0c", 5);
   CHECK(s.len == 18);
   CHECK(memcmp(s.p, "\0\0\0\5hello", 9) == 0);
-  CHECK(np_framer_feed(&f, s.p, s.len, collect, &c) == 0);
-  CHECK(c.count == 2);
-  CHECK(frame_is_str(&c, 0, "hello"));
-  CHECK(frame_is(&c, 1, "a\nb\0c", 5));
-  CHECK(np_framer_pending(&f) == 0);
-  CHECK(np_framer_finish(&f, collect, &c) == 0);
+  CHECK(np_framer_feed(f, s.p, s.len, collect, c) == 0);
+  CHECK(c->count == 2);
+  CHECK(frame_is_str(c, 0, "hello"));
+  CHECK(frame_is(c, 1, "a\nb\0c", 5));
+  CHECK(np_framer_pending(f) == 0);
+  CHECK(np_framer_finish(f, collect, c) == 0);
   sbuf_free(&s);
-  collector_free(&c);
-  np_framer_free(&f);
 }
 
-static void test_message_header_encoding(void) {
+TEST_IMPL(message_header_encoding) {
   char h[NP_MESSAGE_HEADER];
   np_message_header(h, 0x01020304u);
   CHECK(memcmp(h, "\1\2\3\4", 4) == 0);
@@ -483,34 +420,28 @@ static void test_message_header_encoding(void) {
   CHECK(memcmp(h, "\0\0\1\54", 4) == 0);
 }
 
-static void test_message_zero_length(void) {
-  np_framer f;
-  collector c;
+FRAMER_TEST(message_zero_length, NP_FRAMING_MESSAGE, 1000) {
   sbuf s = {0};
-  np_framer_init(&f, NP_FRAMING_MESSAGE, 1000);
-  collector_init(&c);
   sbuf_add_message(&s, "", 0);
   sbuf_add_message(&s, "x", 1);
   sbuf_add_message(&s, "", 0);
-  CHECK(np_framer_feed(&f, s.p, s.len, collect, &c) == 0);
-  CHECK(c.count == 3);
-  CHECK(frame_is_str(&c, 0, ""));
-  CHECK(frame_is_str(&c, 1, "x"));
-  CHECK(frame_is_str(&c, 2, ""));
+  CHECK(np_framer_feed(f, s.p, s.len, collect, c) == 0);
+  CHECK(c->count == 3);
+  CHECK(frame_is_str(c, 0, ""));
+  CHECK(frame_is_str(c, 1, "x"));
+  CHECK(frame_is_str(c, 2, ""));
   /* a zero-length message alone, and byte by byte */
-  CHECK(np_framer_feed(&f, s.p, 4, collect, &c) == 0);
-  CHECK(c.count == 4);
-  CHECK(frame_is_str(&c, 3, ""));
-  CHECK(feed_bytewise(&f, s.p, s.len, &c) == 0);
-  CHECK(c.count == 7);
-  CHECK(frame_is_str(&c, 4, ""));
-  CHECK(frame_is_str(&c, 5, "x"));
-  CHECK(frame_is_str(&c, 6, ""));
-  CHECK(np_framer_pending(&f) == 0);
-  CHECK(np_framer_finish(&f, collect, &c) == 0);
+  CHECK(np_framer_feed(f, s.p, 4, collect, c) == 0);
+  CHECK(c->count == 4);
+  CHECK(frame_is_str(c, 3, ""));
+  CHECK(feed_bytewise(f, s.p, s.len, c) == 0);
+  CHECK(c->count == 7);
+  CHECK(frame_is_str(c, 4, ""));
+  CHECK(frame_is_str(c, 5, "x"));
+  CHECK(frame_is_str(c, 6, ""));
+  CHECK(np_framer_pending(f) == 0);
+  CHECK(np_framer_finish(f, collect, c) == 0);
   sbuf_free(&s);
-  collector_free(&c);
-  np_framer_free(&f);
 }
 
 static int check_message_stream(const collector *c) {
@@ -518,7 +449,7 @@ static int check_message_stream(const collector *c) {
          frame_is_str(c, 2, "3rd") && frame_is_str(c, 3, "the fourth and last");
 }
 
-static void test_message_split_every_offset(void) {
+TEST_IMPL(message_split_every_offset) {
   sbuf s = {0};
   size_t i, j;
   sbuf_add_message(&s, "first message", 13);
@@ -564,31 +495,9 @@ static void test_message_split_every_offset(void) {
   sbuf_free(&s);
 }
 
-static void test_message_many_in_one_feed(void) {
-  np_framer f;
-  collector c;
-  sbuf s = {0};
-  char tmp[32];
-  int i;
-  np_framer_init(&f, NP_FRAMING_MESSAGE, 100);
-  collector_init(&c);
-  for (i = 0; i < 1000; i++) {
-    int n = sprintf(tmp, "msg %d", i);
-    sbuf_add_message(&s, tmp, (size_t)n);
-  }
-  CHECK(np_framer_feed(&f, s.p, s.len, collect, &c) == 0);
-  CHECK(c.count == 1000);
-  for (i = 0; i < 1000 && (size_t)i < c.count; i++) {
-    sprintf(tmp, "msg %d", i);
-    CHECK(frame_is_str(&c, (size_t)i, tmp));
-  }
-  CHECK(np_framer_pending(&f) == 0);
-  sbuf_free(&s);
-  collector_free(&c);
-  np_framer_free(&f);
-}
+FRAMER_TEST(message_many_in_one_feed, NP_FRAMING_MESSAGE, 100) { check_many_in_one_feed(f, c); }
 
-static void test_message_1mib_random_pieces(void) {
+TEST_IMPL(message_1mib_random_pieces) {
   const size_t big = 1024 * 1024;
   np_framer f;
   collector c;
@@ -626,212 +535,191 @@ static void test_message_1mib_random_pieces(void) {
   sbuf_free(&s);
 }
 
-static void test_message_too_big(void) {
-  np_framer f;
-  collector c;
+FRAMER_TEST(message_too_big, NP_FRAMING_MESSAGE, 1000) {
   char h[NP_MESSAGE_HEADER];
-  collector_init(&c);
 
   /* 0xFFFFFFFF in one feed, with no payload at all */
-  np_framer_init(&f, NP_FRAMING_MESSAGE, 1000);
   np_message_header(h, 0xFFFFFFFFu);
-  CHECK(np_framer_feed(&f, h, 4, collect, &c) == NP_FRAME_ETOOBIG);
-  CHECK(f.announced == 0xFFFFFFFFu);
-  CHECK(c.count == 0);
-  np_framer_free(&f);
+  CHECK(np_framer_feed(f, h, 4, collect, c) == NP_FRAME_ETOOBIG);
+  CHECK(f->announced == 0xFFFFFFFFu);
+  CHECK(c->count == 0);
+  np_framer_free(f);
 
   /* the header byte by byte: the error comes with the 4th byte, not before */
-  np_framer_init(&f, NP_FRAMING_MESSAGE, 1000);
-  CHECK(np_framer_feed(&f, h, 1, collect, &c) == 0);
-  CHECK(np_framer_feed(&f, h + 1, 1, collect, &c) == 0);
-  CHECK(np_framer_feed(&f, h + 2, 1, collect, &c) == 0);
-  CHECK(np_framer_feed(&f, h + 3, 1, collect, &c) == NP_FRAME_ETOOBIG);
-  CHECK(f.announced == 0xFFFFFFFFu);
-  CHECK(c.count == 0);
-  np_framer_free(&f);
+  np_framer_init(f, NP_FRAMING_MESSAGE, 1000);
+  CHECK(np_framer_feed(f, h, 1, collect, c) == 0);
+  CHECK(np_framer_feed(f, h + 1, 1, collect, c) == 0);
+  CHECK(np_framer_feed(f, h + 2, 1, collect, c) == 0);
+  CHECK(np_framer_feed(f, h + 3, 1, collect, c) == NP_FRAME_ETOOBIG);
+  CHECK(f->announced == 0xFFFFFFFFu);
+  CHECK(c->count == 0);
+  np_framer_free(f);
 
   /* max+1 after a good message; exactly max is accepted */
   {
     sbuf s = {0};
     char payload[1001];
     memset(payload, 'z', sizeof(payload));
-    np_framer_init(&f, NP_FRAMING_MESSAGE, 1000);
+    np_framer_init(f, NP_FRAMING_MESSAGE, 1000);
     sbuf_add_message(&s, payload, 1000);
     sbuf_add_message(&s, payload, 1001);
-    CHECK(np_framer_feed(&f, s.p, s.len, collect, &c) == NP_FRAME_ETOOBIG);
-    CHECK(f.announced == 1001);
-    CHECK(c.count == 1);
-    CHECK(frame_is(&c, 0, payload, 1000));
+    CHECK(np_framer_feed(f, s.p, s.len, collect, c) == NP_FRAME_ETOOBIG);
+    CHECK(f->announced == 1001);
+    CHECK(c->count == 1);
+    CHECK(frame_is(c, 0, payload, 1000));
     sbuf_free(&s);
-    np_framer_free(&f);
+    np_framer_free(f);
   }
 
   /* a header completing exactly at the end of a feed is checked at once */
-  np_framer_init(&f, NP_FRAMING_MESSAGE, 10);
+  np_framer_init(f, NP_FRAMING_MESSAGE, 10);
   np_message_header(h, 11);
-  CHECK(np_framer_feed(&f, h, 2, collect, &c) == 0);
-  CHECK(np_framer_feed(&f, h + 2, 2, collect, &c) == NP_FRAME_ETOOBIG);
-  CHECK(f.announced == 11);
-  CHECK(c.count == 1);
-  np_framer_free(&f);
-
-  collector_free(&c);
+  CHECK(np_framer_feed(f, h, 2, collect, c) == 0);
+  CHECK(np_framer_feed(f, h + 2, 2, collect, c) == NP_FRAME_ETOOBIG);
+  CHECK(f->announced == 11);
+  CHECK(c->count == 1);
 }
 
-static void test_message_finish_partial(void) {
-  np_framer f;
-  collector c;
+FRAMER_TEST(message_finish_partial, NP_FRAMING_MESSAGE, 100) {
   char text[160];
   sbuf s = {0};
-  collector_init(&c);
   sbuf_add_message(&s, "payload!", 8);
 
   /* half a header */
-  np_framer_init(&f, NP_FRAMING_MESSAGE, 100);
-  CHECK(np_framer_feed(&f, s.p, 2, collect, &c) == 0);
-  CHECK(np_framer_pending(&f) == 2);
-  CHECK(np_framer_finish(&f, collect, &c) == NP_FRAME_EPARTIAL);
-  CHECK(c.count == 0);
-  np_framer_partial_text(&f, text, sizeof text);
+  CHECK(np_framer_feed(f, s.p, 2, collect, c) == 0);
+  CHECK(np_framer_pending(f) == 2);
+  CHECK(np_framer_finish(f, collect, c) == NP_FRAME_EPARTIAL);
+  CHECK(c->count == 0);
+  np_framer_partial_text(f, text, sizeof text);
   CHECK(strcmp(text, "end of stream inside a message header (2 of 4 header bytes missing)") == 0);
-  np_framer_free(&f);
+  np_framer_free(f);
 
   /* a whole header, no payload */
-  np_framer_init(&f, NP_FRAMING_MESSAGE, 100);
-  CHECK(np_framer_feed(&f, s.p, 4, collect, &c) == 0);
-  CHECK(np_framer_pending(&f) == 4);
-  CHECK(np_framer_finish(&f, collect, &c) == NP_FRAME_EPARTIAL);
-  CHECK(f.announced == 8);
-  CHECK(c.count == 0);
-  np_framer_free(&f);
+  np_framer_init(f, NP_FRAMING_MESSAGE, 100);
+  CHECK(np_framer_feed(f, s.p, 4, collect, c) == 0);
+  CHECK(np_framer_pending(f) == 4);
+  CHECK(np_framer_finish(f, collect, c) == NP_FRAME_EPARTIAL);
+  CHECK(f->announced == 8);
+  CHECK(c->count == 0);
+  np_framer_free(f);
 
   /* half a payload */
-  np_framer_init(&f, NP_FRAMING_MESSAGE, 100);
-  CHECK(np_framer_feed(&f, s.p, 8, collect, &c) == 0);
-  CHECK(np_framer_pending(&f) == 8);
-  CHECK(np_framer_finish(&f, collect, &c) == NP_FRAME_EPARTIAL);
-  CHECK(f.announced == 8);
-  CHECK(c.count == 0);
+  np_framer_init(f, NP_FRAMING_MESSAGE, 100);
+  CHECK(np_framer_feed(f, s.p, 8, collect, c) == 0);
+  CHECK(np_framer_pending(f) == 8);
+  CHECK(np_framer_finish(f, collect, c) == NP_FRAME_EPARTIAL);
+  CHECK(f->announced == 8);
+  CHECK(c->count == 0);
   /* the header is not payload: 4 of the 8 announced payload bytes came */
-  np_framer_partial_text(&f, text, sizeof text);
+  np_framer_partial_text(f, text, sizeof text);
   CHECK(strcmp(text, "end of stream inside a message (4 of 8 payload bytes missing)") == 0);
-  np_framer_free(&f);
+  np_framer_free(f);
 
   /* complete messages then half of another */
-  np_framer_init(&f, NP_FRAMING_MESSAGE, 100);
-  CHECK(np_framer_feed(&f, s.p, s.len, collect, &c) == 0);
-  CHECK(np_framer_feed(&f, s.p, s.len - 1, collect, &c) == 0);
-  CHECK(c.count == 1);
-  CHECK(np_framer_finish(&f, collect, &c) == NP_FRAME_EPARTIAL);
-  CHECK(c.count == 1);
-  np_framer_free(&f);
+  np_framer_init(f, NP_FRAMING_MESSAGE, 100);
+  CHECK(np_framer_feed(f, s.p, s.len, collect, c) == 0);
+  CHECK(np_framer_feed(f, s.p, s.len - 1, collect, c) == 0);
+  CHECK(c->count == 1);
+  CHECK(np_framer_finish(f, collect, c) == NP_FRAME_EPARTIAL);
+  CHECK(c->count == 1);
+  np_framer_free(f);
 
-  collector_free(&c);
   sbuf_free(&s);
 }
 
-static void test_message_finish_complete(void) {
-  np_framer f;
-  collector c;
+FRAMER_TEST(message_finish_complete, NP_FRAMING_MESSAGE, 100) {
   sbuf s = {0};
-  collector_init(&c);
   sbuf_add_message(&s, "one", 3);
   sbuf_add_message(&s, "", 0);
   sbuf_add_message(&s, "three", 5);
 
-  np_framer_init(&f, NP_FRAMING_MESSAGE, 100);
-  CHECK(np_framer_finish(&f, collect, &c) == 0); /* nothing fed at all */
-  CHECK(np_framer_feed(&f, s.p, s.len, collect, &c) == 0);
-  CHECK(np_framer_pending(&f) == 0);
-  CHECK(np_framer_finish(&f, collect, &c) == 0);
-  CHECK(c.count == 3);
-  np_framer_free(&f);
+  CHECK(np_framer_finish(f, collect, c) == 0); /* nothing fed at all */
+  CHECK(np_framer_feed(f, s.p, s.len, collect, c) == 0);
+  CHECK(np_framer_pending(f) == 0);
+  CHECK(np_framer_finish(f, collect, c) == 0);
+  CHECK(c->count == 3);
+  np_framer_free(f);
 
-  np_framer_init(&f, NP_FRAMING_MESSAGE, 100);
-  CHECK(feed_bytewise(&f, s.p, s.len, &c) == 0);
-  CHECK(np_framer_finish(&f, collect, &c) == 0);
-  CHECK(c.count == 6);
-  np_framer_free(&f);
+  np_framer_init(f, NP_FRAMING_MESSAGE, 100);
+  CHECK(feed_bytewise(f, s.p, s.len, c) == 0);
+  CHECK(np_framer_finish(f, collect, c) == 0);
+  CHECK(c->count == 6);
+  np_framer_free(f);
 
-  collector_free(&c);
   sbuf_free(&s);
 }
 
 /* ======================= callback stop ======================= */
 
-static void test_callback_stop(void) {
-  np_framer f;
-  collector c;
+FRAMER_TEST(callback_stop, NP_FRAMING_LINES, 100) {
   sbuf s = {0};
 
   /* lines */
-  np_framer_init(&f, NP_FRAMING_LINES, 100);
-  collector_init(&c);
-  c.stop_after = 1;
-  c.stop_value = 7;
-  CHECK(feed_str(&f, "a\nb\nc\n", &c) == 7);
-  CHECK(c.count == 1);
-  CHECK(frame_is_str(&c, 0, "a"));
-  collector_free(&c);
-  np_framer_free(&f);
+  c->stop_after = 1;
+  c->stop_value = 7;
+  CHECK(feed_str(f, "a\nb\nc\n", c) == 7);
+  CHECK(c->count == 1);
+  CHECK(frame_is_str(c, 0, "a"));
+  collector_free(c);
+  np_framer_free(f);
 
   /* lines, the stopping frame came from the buffer */
-  np_framer_init(&f, NP_FRAMING_LINES, 100);
-  collector_init(&c);
-  c.stop_after = 2;
-  c.stop_value = 42;
-  CHECK(feed_str(&f, "a\nb", &c) == 0);
-  CHECK(feed_str(&f, "b\nc\nd\n", &c) == 42);
-  CHECK(c.count == 2);
-  CHECK(frame_is_str(&c, 1, "bb"));
-  collector_free(&c);
-  np_framer_free(&f);
+  np_framer_init(f, NP_FRAMING_LINES, 100);
+  collector_init(c);
+  c->stop_after = 2;
+  c->stop_value = 42;
+  CHECK(feed_str(f, "a\nb", c) == 0);
+  CHECK(feed_str(f, "b\nc\nd\n", c) == 42);
+  CHECK(c->count == 2);
+  CHECK(frame_is_str(c, 1, "bb"));
+  collector_free(c);
+  np_framer_free(f);
 
   /* lines, finish returns the stop value too */
-  np_framer_init(&f, NP_FRAMING_LINES, 100);
-  collector_init(&c);
-  c.stop_after = 1;
-  c.stop_value = 3;
-  CHECK(feed_str(&f, "tail", &c) == 0);
-  CHECK(np_framer_finish(&f, collect, &c) == 3);
-  CHECK(c.count == 1);
-  collector_free(&c);
-  np_framer_free(&f);
+  np_framer_init(f, NP_FRAMING_LINES, 100);
+  collector_init(c);
+  c->stop_after = 1;
+  c->stop_value = 3;
+  CHECK(feed_str(f, "tail", c) == 0);
+  CHECK(np_framer_finish(f, collect, c) == 3);
+  CHECK(c->count == 1);
+  collector_free(c);
+  np_framer_free(f);
 
   /* message, zero-copy path and buffered path */
   sbuf_add_message(&s, "m1", 2);
   sbuf_add_message(&s, "m2", 2);
   sbuf_add_message(&s, "m3", 2);
-  np_framer_init(&f, NP_FRAMING_MESSAGE, 100);
-  collector_init(&c);
-  c.stop_after = 2;
-  c.stop_value = -99;
-  CHECK(np_framer_feed(&f, s.p, s.len, collect, &c) == -99);
-  CHECK(c.count == 2);
-  CHECK(frame_is_str(&c, 1, "m2"));
-  collector_free(&c);
-  np_framer_free(&f);
+  np_framer_init(f, NP_FRAMING_MESSAGE, 100);
+  collector_init(c);
+  c->stop_after = 2;
+  c->stop_value = -99;
+  CHECK(np_framer_feed(f, s.p, s.len, collect, c) == -99);
+  CHECK(c->count == 2);
+  CHECK(frame_is_str(c, 1, "m2"));
+  collector_free(c);
+  np_framer_free(f);
 
-  np_framer_init(&f, NP_FRAMING_MESSAGE, 100);
-  collector_init(&c);
-  c.stop_after = 1;
-  c.stop_value = 5;
-  CHECK(np_framer_feed(&f, s.p, 5, collect, &c) == 0); /* header + 1 payload byte */
-  CHECK(np_framer_feed(&f, s.p + 5, s.len - 5, collect, &c) == 5);
-  CHECK(c.count == 1);
-  CHECK(frame_is_str(&c, 0, "m1"));
-  collector_free(&c);
-  np_framer_free(&f);
+  np_framer_init(f, NP_FRAMING_MESSAGE, 100);
+  collector_init(c);
+  c->stop_after = 1;
+  c->stop_value = 5;
+  CHECK(np_framer_feed(f, s.p, 5, collect, c) == 0); /* header + 1 payload byte */
+  CHECK(np_framer_feed(f, s.p + 5, s.len - 5, collect, c) == 5);
+  CHECK(c->count == 1);
+  CHECK(frame_is_str(c, 0, "m1"));
+  collector_free(c);
+  np_framer_free(f);
 
   /* bytes */
-  np_framer_init(&f, NP_FRAMING_BYTES, 100);
-  collector_init(&c);
-  c.stop_after = 1;
-  c.stop_value = 9;
-  CHECK(feed_str(&f, "abc", &c) == 9);
-  CHECK(c.count == 1);
-  collector_free(&c);
-  np_framer_free(&f);
+  np_framer_init(f, NP_FRAMING_BYTES, 100);
+  collector_init(c);
+  c->stop_after = 1;
+  c->stop_value = 9;
+  CHECK(feed_str(f, "abc", c) == 9);
+  CHECK(c->count == 1);
+  collector_free(c);
+  np_framer_free(f);
 
   sbuf_free(&s);
 }
@@ -872,7 +760,7 @@ static void prop_decode(np_framing_mode mode, const sbuf *stream, frame *orig, s
   for (i = 0; i < n && i < c.count; i++) {
     if (!frame_is(&c, i, orig[i].data, orig[i].len)) {
       if (mismatches++ < 3)
-        fprintf(stderr, "  %s %s: frame %lu differs (len %lu, got %lu)\n", np_framing_name(mode),
+        fprintf(stderr, "  %s %s: frame %lu differs (len %lu, got %lu)\n", mode == NP_FRAMING_LINES ? "lines" : "message",
                 bytewise ? "bytewise" : "random splits", (unsigned long)i,
                 (unsigned long)orig[i].len, (unsigned long)c.frames[i].len);
     }
@@ -924,21 +812,12 @@ static void prop_mode(np_framing_mode mode, uint32_t seed) {
   sbuf_free(&stream);
 }
 
-static void test_property_lines(void) { prop_mode(NP_FRAMING_LINES, 0x12345678u); }
+TEST_IMPL(property_lines) { prop_mode(NP_FRAMING_LINES, 0x12345678u); }
 static void test_property_message(void) { prop_mode(NP_FRAMING_MESSAGE, 0xCAFEBABEu); }
 
 /* ======================= names ======================= */
 
 static void test_framing_names(void) {
-  int m;
-  for (m = NP_FRAMING_BYTES; m <= NP_FRAMING_MESSAGE; m++) {
-    const char *name = np_framing_name((np_framing_mode)m);
-    CHECK(name != NULL);
-    if (name) CHECK(np_framing_parse(name) == m);
-  }
-  CHECK(strcmp(np_framing_name(NP_FRAMING_BYTES), "bytes") == 0);
-  CHECK(strcmp(np_framing_name(NP_FRAMING_LINES), "lines") == 0);
-  CHECK(strcmp(np_framing_name(NP_FRAMING_MESSAGE), "message") == 0);
   CHECK(np_framing_parse("bytes") == NP_FRAMING_BYTES);
   CHECK(np_framing_parse("lines") == NP_FRAMING_LINES);
   CHECK(np_framing_parse("message") == NP_FRAMING_MESSAGE);
@@ -952,46 +831,31 @@ static void test_framing_names(void) {
 
 /* ======================= main ======================= */
 
-typedef struct {
-  const char *name;
-  void (*fn)(void);
-} test_case;
+static const test_entry TESTS[] = {
+    TEST_ENTRY(bytes_passthrough),
+    TEST_ENTRY(bytes_empty_feed),
+    TEST_ENTRY(lines_basic),
+    TEST_ENTRY(lines_crlf),
+    TEST_ENTRY(lines_split_across_feeds),
+    TEST_ENTRY(lines_long_line),
+    TEST_ENTRY(lines_many_in_one_feed),
+    TEST_ENTRY(lines_empty_line),
+    TEST_ENTRY(lines_finish_unterminated),
+    TEST_ENTRY(lines_too_big),
+    TEST_ENTRY(lines_exact_max),
+    TEST_ENTRY(message_basic),
+    TEST_ENTRY(message_header_encoding),
+    TEST_ENTRY(message_zero_length),
+    TEST_ENTRY(message_split_every_offset),
+    TEST_ENTRY(message_many_in_one_feed),
+    TEST_ENTRY(message_1mib_random_pieces),
+    TEST_ENTRY(message_too_big),
+    TEST_ENTRY(message_finish_partial),
+    TEST_ENTRY(message_finish_complete),
+    TEST_ENTRY(callback_stop),
+    TEST_ENTRY(property_lines),
+    TEST_ENTRY(property_message),
+    TEST_ENTRY(framing_names),
+};
 
-#define TEST(fn) {#fn, fn}
-
-int main(void) {
-  static const test_case tests[] = {
-      TEST(test_bytes_passthrough),
-      TEST(test_bytes_empty_feed),
-      TEST(test_lines_basic),
-      TEST(test_lines_crlf),
-      TEST(test_lines_split_across_feeds),
-      TEST(test_lines_long_line),
-      TEST(test_lines_many_in_one_feed),
-      TEST(test_lines_empty_line),
-      TEST(test_lines_finish_unterminated),
-      TEST(test_lines_too_big),
-      TEST(test_lines_exact_max),
-      TEST(test_message_basic),
-      TEST(test_message_header_encoding),
-      TEST(test_message_zero_length),
-      TEST(test_message_split_every_offset),
-      TEST(test_message_many_in_one_feed),
-      TEST(test_message_1mib_random_pieces),
-      TEST(test_message_too_big),
-      TEST(test_message_finish_partial),
-      TEST(test_message_finish_complete),
-      TEST(test_callback_stop),
-      TEST(test_property_lines),
-      TEST(test_property_message),
-      TEST(test_framing_names),
-  };
-  size_t i;
-  for (i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-    g_test_failed = 0;
-    tests[i].fn();
-    if (g_test_failed) printf("FAIL %s\n", tests[i].name);
-    else printf("ok %s\n", tests[i].name);
-  }
-  return g_failed ? 1 : 0;
-}
+int main(int argc, char **argv) { return run_tests(TESTS, TEST_COUNT(TESTS), argc, argv); }

@@ -10,16 +10,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "harness.h"
 #include "np_engine.h"
 
-static int failures;
-#define CHECK(x)                                                              \
-  do {                                                                        \
-    if (!(x)) {                                                               \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #x); \
-      failures++;                                                             \
-    }                                                                         \
-  } while (0)
 
 static volatile sig_atomic_t host_handler_calls;
 static void host_handler(int sig) {
@@ -54,7 +47,7 @@ static int write_to_vanished_peer(void) {
 
 static void current_action(struct sigaction *sa) { CHECK(sigaction(SIGPIPE, NULL, sa) == 0); }
 
-static void test_host_handler_is_kept(void) {
+TEST_IMPL(host_handler_is_kept) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = host_handler;
@@ -66,32 +59,30 @@ static void test_host_handler_is_kept(void) {
   host_handler_calls = 0;
   CHECK(write_to_vanished_peer() == EPIPE);
   CHECK(host_handler_calls == 1); /* the host's handler saw the signal */
-  printf("ok host_handler_is_kept\n");
 }
 
-static void test_default_becomes_ignored(void) {
+TEST_IMPL(default_becomes_ignored) {
   struct sigaction sa;
   CHECK(signal(SIGPIPE, SIG_DFL) != SIG_ERR);
   engine_comes_and_goes();
   current_action(&sa);
   CHECK(sa.sa_handler == SIG_IGN);
   CHECK(write_to_vanished_peer() == EPIPE); /* and this process is still here to see it */
-  printf("ok default_becomes_ignored\n");
 }
 
 /* A host that ignores SIGPIPE itself keeps that too. */
-static void test_ignored_stays_ignored(void) {
+TEST_IMPL(ignored_stays_ignored) {
   struct sigaction sa;
   CHECK(signal(SIGPIPE, SIG_IGN) != SIG_ERR);
   engine_comes_and_goes();
   current_action(&sa);
   CHECK(sa.sa_handler == SIG_IGN);
-  printf("ok ignored_stays_ignored\n");
 }
 
-int main(void) {
-  test_host_handler_is_kept();
-  test_default_becomes_ignored();
-  test_ignored_stays_ignored();
-  return failures ? 1 : 0;
-}
+static const test_entry TESTS[] = {
+    TEST_ENTRY(host_handler_is_kept),
+    TEST_ENTRY(default_becomes_ignored),
+    TEST_ENTRY(ignored_stays_ignored),
+};
+
+int main(int argc, char **argv) { return run_tests(TESTS, TEST_COUNT(TESTS), argc, argv); }

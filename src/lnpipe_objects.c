@@ -1,0 +1,172 @@
+/* npipe.core's servers and connections as Lua sees them: the methods of their
+ * userdata. Their events are in lnpipe.c; user code sees them through the tables that
+ * lua/npipe binds to them (core.bind). */
+#include "lnpipe.h"
+
+/* ---- server ---- */
+
+static int server_close(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, SERVER_MT);
+  if (b->p) {
+    np_server_set_data(b->p, NULL);
+    np_server_close(b->p);
+    b->p = NULL;
+  }
+  return 0;
+}
+
+static int server_path(lua_State *L) {
+  lua_pushstring(L, np_server_path(lnp_check_open(L, 1, SERVER_MT, "server")));
+  return 1;
+}
+
+static void set_number(lua_State *L, const char *k, uint64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, k);
+}
+
+static int server_stats(lua_State *L) {
+  np_stats st = np_server_stats(lnp_check_open(L, 1, SERVER_MT, "server"));
+  lua_createtable(L, 0, 7);
+  set_number(L, "accepted", st.accepted);
+  set_number(L, "active", st.active);
+  set_number(L, "rejected", st.rejected);
+  set_number(L, "bytes_in", st.bytes_in);
+  set_number(L, "bytes_out", st.bytes_out);
+  set_number(L, "messages_in", st.messages_in);
+  set_number(L, "messages_out", st.messages_out);
+  return 1;
+}
+
+static int server_is_open(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, SERVER_MT);
+  lua_pushboolean(L, b->p != NULL);
+  return 1;
+}
+
+/* ---- connection ---- */
+
+static np_conn *open_conn(lua_State *L) {
+  np_conn *c = lnp_check_open(L, 1, CONN_MT, "connection");
+  return c;
+}
+
+/* true when the write queue is now over high_water (wait for drained), else false. */
+static int conn_write(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  if (b->p == NULL || !np_conn_is_open(b->p)) return lnp_push_error(L, UV_EPIPE, "pipe is closed");
+  int rc;
+  WITH_THREAD(b->x, L, rc = np_conn_write(b->p, data, len));
+  if (rc < 0) return lnp_push_error(L, rc, NULL);
+  lua_pushboolean(L, rc);
+  return 1;
+}
+
+static int conn_queued(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  lua_pushinteger(L, b->p ? (lua_Integer)np_conn_queued(b->p) : 0);
+  return 1;
+}
+
+static int conn_disconnect(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  const char *reason = luaL_optstring(L, 2, NULL);
+  const char *code = luaL_optstring(L, 3, NULL);
+  int drop = lua_toboolean(L, 4); /* DisconnectNamedPipe: conn:disconnect() asked for it */
+  if (b->p && np_conn_is_open(b->p))
+    WITH_THREAD(b->x, L, (drop ? np_conn_disconnect : np_conn_end)(b->p, code, reason));
+  return 0;
+}
+
+static int conn_gc(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  if (b->p) {
+    np_conn_set_data(b->p, NULL); /* no events for an object Lua has let go */
+    np_conn_end(b->p, "GC", "connection object collected");
+    b->p = NULL;
+  }
+  return 0;
+}
+
+static int conn_flush(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  if (b->p == NULL) return lnp_push_error(L, UV_EPIPE, "pipe is closed");
+  int rc;
+  WITH_THREAD(b->x, L, rc = np_conn_flush(b->p));
+  if (rc == UV_ENOTCONN) return lnp_push_error(L, UV_EPIPE, "pipe is closed");
+  if (rc < 0) return lnp_push_error(L, rc, "the peer closed the pipe before reading everything");
+  lua_pushboolean(L, rc);
+  return 1;
+}
+
+static int conn_flush_cancel(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  if (b->p) np_conn_flush_cancel(b->p);
+  return 0;
+}
+
+/* hold(reason, on): "user", "jobs" or "inbox" (NP_HOLD_*). A release may deliver kept
+ * frames at once, so events can run inside this call. */
+static int conn_hold(lua_State *L) {
+  static const char *const names[] = {"user", "jobs", "inbox", NULL};
+  static const unsigned bits[] = {NP_HOLD_USER, NP_HOLD_JOBS, NP_HOLD_INBOX};
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  unsigned bit = bits[luaL_checkoption(L, 2, NULL, names)];
+  int on = lua_toboolean(L, 3);
+  if (b->p) WITH_THREAD(b->x, L, np_conn_hold(b->p, bit, on));
+  return 0;
+}
+
+static int conn_is_open(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  lua_pushboolean(L, b->p && np_conn_is_open(b->p));
+  return 1;
+}
+
+/* The peer's identity as taken at connect time: pid, uid, gid (-1 where the OS does
+ * not tell) and session id (nil and a message when it could not be read). */
+static int conn_peer(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  np_cred cr;
+  long sid;
+  if (b->p) {
+    if (np_conn_peer(b->p, &cr) < 0) return lnp_push_error(L, UV_ENOTSUP, "peer credentials are not available");
+    sid = np_conn_peer_session(b->p);
+  } else if (b->peer_kept) {
+    cr = b->cred;
+    sid = b->session;
+  } else {
+    return lnp_push_error(L, UV_ENOTSUP, "peer credentials are not available");
+  }
+  lua_pushinteger(L, cr.pid);
+  lua_pushinteger(L, cr.uid);
+  lua_pushinteger(L, cr.gid);
+  if (sid >= 0) {
+    lua_pushinteger(L, sid);
+    return 4;
+  }
+  lua_pushnil(L);
+  lua_pushfstring(L, "cannot read the session of the process at the other end: %s", uv_strerror((int)sid));
+  lua_pushstring(L, uv_err_name((int)sid));
+  return 6;
+}
+
+static int conn_id(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)np_conn_id(open_conn(L)));
+  return 1;
+}
+
+void lnp_objects_open(lua_State *L) {
+  static const luaL_Reg server_methods[] = {
+      {"close", server_close}, {"path", server_path}, {"stats", server_stats},
+      {"is_open", server_is_open}, {NULL, NULL}};
+  static const luaL_Reg conn_methods[] = {
+      {"write", conn_write},   {"disconnect", conn_disconnect}, {"flush", conn_flush},
+      {"flush_cancel", conn_flush_cancel},
+      {"hold", conn_hold},     {"queued", conn_queued},         {"is_open", conn_is_open},
+      {"peer", conn_peer},     {"id", conn_id},                 {NULL, NULL}};
+  lnp_new_metatable(L, SERVER_MT, server_methods, server_close);
+  lnp_new_metatable(L, CONN_MT, conn_methods, conn_gc);
+}

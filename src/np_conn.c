@@ -1,0 +1,322 @@
+/* A connection's lifetime and its input: opening (accepted, connected or an open
+ * descriptor), reading with holds, the peer's EOF, graceful and immediate ends, and
+ * the close. Its output (write queue, flush) is in np_conn_write.c. */
+#include "np_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+np_conn *np__conn_new(np_engine *e, const np_conn_opts *opts) {
+  np_conn *c = calloc(1, sizeof *c);
+  if (c == NULL) return NULL;
+  c->e = e;
+  c->opts = *opts;
+  c->id = e->next_id++;
+  c->cred.pid = c->cred.uid = c->cred.gid = -1;
+  c->session = UV_ENOTSUP;
+  np_framer_init(&c->fr, opts->framing, opts->max_message);
+  uv_pipe_init(e->loop, &c->pipe, 0);
+  c->pipe.data = c;
+  e->handles++;
+  return c;
+}
+
+static void on_conn_closed(uv_handle_t *h) {
+  np_conn *c = h->data;
+  np_engine *e = c->e;
+  if (c->data && e->ev.released) e->ev.released(c->data);
+  np_framer_free(&c->fr);
+  np__wq_free(&c->pend);
+  free(c->kept);
+  free(c->end_why);
+  free(c);
+  np__handle_gone(e);
+}
+
+void np__conn_discard(np_conn *c) {
+  c->state = C_CLOSED;
+  uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+}
+
+void np__close_now(np_conn *c, const char *code, const char *reason, int notify) {
+  if (c->state == C_CLOSED) return;
+  int was_open = c->state == C_OPEN || c->state == C_ENDING;
+  c->state = C_CLOSED;
+  np__flush_forget(c);
+  np__count_lost(c);
+  if (c->deadline) c->e->lingering--;
+  c->deadline = 0;
+  if (was_open) LIST_DEL(c->e->conns, c);
+  else LIST_DEL(c->e->connecting, c);
+  if (c->server && was_open) np__server_conn_gone(c->server);
+  if (was_open && notify && c->e->ev.closed) c->e->ev.closed(c, code, reason);
+  uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+}
+
+void np_conn_undelivered(const np_conn *c, uint64_t *bytes, uint64_t *messages) {
+  *bytes = c->lost_bytes;
+  *messages = c->lost_msgs;
+}
+
+void np__close_ending(np_conn *c, const char *late) {
+  const char *code = c->end_why, *reason = code + strlen(code) + 1;
+  np__flush_at_close(c);
+  if (c->state == C_CLOSED) return; /* the flushed event ended it */
+  np__count_lost(c);
+  char text[400];
+  if (c->lost_bytes > 0)
+    snprintf(text, sizeof text, "%s; %llu bytes (%llu messages) not delivered%s", reason,
+             (unsigned long long)c->lost_bytes, (unsigned long long)c->lost_msgs, late);
+  else
+    snprintf(text, sizeof text, "%s", reason);
+  np__close_now(c, code, text, 1);
+}
+
+void np__conn_fail(np_conn *c, int err, const char *what) {
+  char reason[160];
+  /* After the peer's EOF, a failed write means the peer has gone entirely: that is the
+   * end of stream it announced, not an I/O fault. */
+  if (c->input_ended && (err == UV_EPIPE || err == UV_ECONNRESET)) {
+    np__close_now(c, "EOF", "the peer closed the pipe", 1);
+    return;
+  }
+  snprintf(reason, sizeof reason, "%s failed: %s (%s)", what, uv_err_name(err), uv_strerror(err));
+  np__close_now(c, uv_err_name(err), reason, 1);
+}
+
+/* ---- ends ---- */
+
+/* np_conn_end: closes now when nothing is queued, else once the queue drains or the
+ * linger time runs out. */
+void np_conn_end(np_conn *c, const char *code, const char *reason) {
+  code = code ? code : "DISCONNECTED";
+  reason = reason ? reason : "disconnected by the server";
+  if (c->state == C_OPEN) np__flush_at_close(c);
+  if (c->state == C_CONNECTING || (c->state == C_OPEN && np__queue_empty(c))) {
+    np__close_now(c, code, reason, 1);
+    return;
+  }
+  if (c->state != C_OPEN) return;
+  size_t lc = strlen(code), lr = strlen(reason);
+  if ((c->end_why = malloc(lc + lr + 2)) == NULL) {
+    np__close_now(c, code, reason, 1);
+    return;
+  }
+  memcpy(c->end_why, code, lc + 1);
+  memcpy(c->end_why + lc + 1, reason, lr + 1);
+  c->state = C_ENDING;
+  np__update_reading(c);
+  if (c->opts.linger_ms == 0) np__close_ending(c, "");
+  else np__set_deadline(c);
+}
+
+void np_conn_disconnect(np_conn *c, const char *code, const char *reason) {
+  if (c->state == C_OPEN || c->state == C_ENDING) np_platform_disconnect(&c->pipe);
+  np__close_now(c, code ? code : "DISCONNECTED", reason ? reason : "disconnected by the server", 1);
+}
+
+/* ---- reading ---- */
+
+/* A full write queue holds input only on a server's end: there it means a client that
+ * does not read, whose requests would only queue more replies. A client's end keeps
+ * reading, since its own reader may be what the server waits for (both holding would
+ * deadlock an echo); the host's inbox bounds what it keeps. */
+static int held(const np_conn *c) {
+  return c->hold || (c->over_high && c->server_end) || c->state != C_OPEN;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+/* Reading goes on while nothing holds input, no earlier read is still kept, and the
+ * peer has not ended its input. */
+void np__update_reading(np_conn *c) {
+  if (c->state == C_CLOSED || c->state == C_CONNECTING) return;
+  int want = !held(c) && c->kept_len == 0 && !c->input_ended;
+  if (want == c->reading) return;
+  c->reading = want;
+  if (want) uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+  else uv_read_stop((uv_stream_t *)&c->pipe);
+}
+
+static int on_frame(void *ctx, const char *data, size_t len) {
+  np_conn *c = ctx;
+  if (c->server) c->server->stats.messages_in++;
+  c->e->ev.frame(c, data, len);
+  return held(c); /* stop: closed, ending, or held (then the rest is kept) */
+}
+
+/* A peer that breaks the framing gets no more frames, and still what was written to it. */
+static void framing_error(np_conn *c, int rc) {
+  char reason[200];
+  if (rc == NP_FRAME_ETOOBIG) {
+    snprintf(reason, sizeof reason, "%s too large: %llu bytes, the limit is %zu",
+             c->opts.framing == NP_FRAMING_LINES ? "line" : "message",
+             (unsigned long long)c->fr.announced, c->opts.max_message);
+    np_conn_end(c, "EMSGSIZE", reason);
+  } else {
+    np_framer_partial_text(&c->fr, reason, sizeof reason);
+    np_conn_end(c, "EPROTO", reason);
+  }
+}
+
+/* Keeps the unread rest of a read (at most one read buffer) until the hold is released. */
+static void keep_rest(np_conn *c, const char *data, size_t n) {
+  if (c->kept == NULL && (c->kept = malloc(READ_BUFFER_SIZE)) == NULL) {
+    np_conn_end(c, "ENOMEM", "out of memory keeping input");
+    return;
+  }
+  memmove(c->kept, data, n);
+  c->kept_len = n;
+}
+
+static void feed(np_conn *c, const char *data, size_t len) {
+  size_t used = 0;
+  c->feeding++;
+  int rc = np_framer_feed_some(&c->fr, data, len, on_frame, c, &used);
+  c->feeding--;
+  if (c->state != C_OPEN) return;
+  if (rc < 0) framing_error(c, rc);
+  else if (used < len) keep_rest(c, data + used, len - used);
+}
+
+static void input_ended(np_conn *c) {
+  int rc = np_framer_finish(&c->fr, on_frame, c);
+  if (c->state != C_OPEN) return;
+  if (rc < 0) {
+    framing_error(c, rc);
+    return;
+  }
+  c->input_ended = 1;
+  np__update_reading(c);
+  if (c->e->ev.eof == NULL) {
+    np_conn_end(c, "EOF", "the peer closed the pipe");
+    return;
+  }
+  np__set_deadline(c);
+  c->e->ev.eof(c);
+}
+
+/* Inside the framer (a frame's event released the hold) the running feed goes on by
+ * itself. */
+void np__release_input(np_conn *c) {
+  if (c->feeding || c->state != C_OPEN) return;
+  if (c->kept_len > 0 && !held(c)) {
+    size_t n = c->kept_len;
+    c->kept_len = 0;
+    feed(c, c->kept, n);
+    if (c->state != C_OPEN) return;
+    if (c->kept_len == 0) {
+      free(c->kept);
+      c->kept = NULL;
+    }
+  }
+  np__update_reading(c);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  np_conn *c = h->data;
+  (void)suggested;
+  buf->base = c->e->readbuf;
+  buf->len = READ_BUFFER_SIZE;
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  np_conn *c = s->data;
+  if (n > 0) {
+    if (c->server) c->server->stats.bytes_in += (uint64_t)n;
+    feed(c, buf->base, (size_t)n);
+    np__update_reading(c); /* a hold set by a frame stops reading here */
+  } else if (n == UV_EOF || n == UV_EPIPE) {
+    /* EPIPE: Windows reports a read on a pipe that the server ended with
+     * DisconnectNamedPipe as ERROR_PIPE_NOT_CONNECTED; it is the same end of stream. */
+    input_ended(c);
+  } else if (n < 0) {
+    np__conn_fail(c, (int)n, "read");
+  }
+}
+
+int np__conn_open(np_conn *c) {
+  c->state = C_OPEN;
+  np_platform_peer_cred(&c->pipe, &c->cred);
+  c->session = np_platform_peer_session(&c->pipe, &c->cred);
+  LIST_ADD(c->e->conns, c);
+  c->reading = 1;
+  return uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+}
+
+void np_conn_hold(np_conn *c, unsigned reason, int on) {
+  unsigned was = c->hold;
+  c->hold = on ? (c->hold | reason) : (c->hold & ~reason);
+  if (c->hold == was) return;
+  if (c->hold) np__update_reading(c);
+  else np__release_input(c);
+}
+
+void np_conn_pause(np_conn *c) { np_conn_hold(c, NP_HOLD_USER, 1); }
+void np_conn_resume(np_conn *c) { np_conn_hold(c, NP_HOLD_USER, 0); }
+
+/* ---- a client's end ---- */
+
+static void on_connect(uv_connect_t *req, int status) {
+  np_conn *c = req->handle->data;
+  free(req);
+  if (c->state == C_CLOSED) return; /* given up while connecting */
+  LIST_DEL(c->e->connecting, c);
+  if (status == 0) status = np__conn_open(c);
+  if (status < 0) {
+    c->state = C_CLOSED;
+    if (c->e->ev.connected) c->e->ev.connected(c, status);
+    np__conn_discard(c);
+    return;
+  }
+  if (c->e->ev.connected) c->e->ev.connected(c, 0);
+}
+
+int np_conn_connect(np_engine *e, const char *path, const np_conn_opts *opts, np_conn **out) {
+  uv_connect_t *req = malloc(sizeof *req);
+  np_conn *c = req ? np__conn_new(e, opts) : NULL;
+  if (c == NULL) {
+    free(req);
+    return UV_ENOMEM;
+  }
+  c->state = C_CONNECTING;
+  LIST_ADD(e->connecting, c);
+  uv_pipe_connect(req, &c->pipe, path, on_connect);
+  *out = c;
+  return 0;
+}
+
+int np_conn_open_fd(np_engine *e, int fd, const np_conn_opts *opts, np_conn **out) {
+  uv_handle_type kind = uv_guess_handle(fd);
+  /* epoll cannot watch regular files (libuv would abort), so only streams are taken */
+  if (kind != UV_NAMED_PIPE && kind != UV_TTY && kind != UV_TCP) return UV_EINVAL;
+  np_conn *c = np__conn_new(e, opts);
+  if (c == NULL) return UV_ENOMEM;
+  int rc = uv_pipe_open(&c->pipe, fd);
+  if (rc == 0) rc = np__conn_open(c);
+  if (rc < 0) {
+    if (c->state == C_OPEN) LIST_DEL(e->conns, c);
+    np__conn_discard(c);
+    return rc;
+  }
+  *out = c;
+  return 0;
+}
+
+/* ---- what the host asks of a connection ---- */
+
+int np_conn_is_open(const np_conn *c) { return c->state == C_OPEN; }
+
+int np_conn_peer(np_conn *c, np_cred *out) {
+  *out = c->cred;
+  return c->cred.pid < 0 && c->cred.uid < 0 ? UV_ENOTSUP : 0;
+}
+
+long np_conn_peer_session(np_conn *c) { return c->session; }
+
+size_t np_conn_queued(const np_conn *c) { return c->cost; }
+uint64_t np_conn_id(const np_conn *c) { return c->id; }
+void np_conn_set_data(np_conn *c, void *data) { c->data = data; }
+void *np_conn_data(const np_conn *c) { return c->data; }

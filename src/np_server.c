@@ -1,0 +1,270 @@
+/* Servers: listening (binding, or reclaiming a stale socket file), accepting (by hand
+ * where the platform lets the engine, else through uv_listen), max_instances, and
+ * running out of descriptors. */
+#include "np_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Where the platform lets it (Unix), the engine accepts by itself instead of through
+ * uv_listen: libuv 1.44's accept loop (uv__server_io), out of descriptors, accepts and
+ * closes every client waiting in the backlog (uv__emfile_trick), so they would be reset,
+ * unseen and uncounted. Here a server out of descriptors stops watching its socket, and
+ * its clients wait in the backlog until a connection of this engine closes, or until the
+ * accept timer tries again (descriptors may free elsewhere in the process). */
+#define ACCEPT_RETRY_MS 100
+#define ACCEPT_BATCH 64 /* clients accepted per loop turn, so that one server cannot hog it */
+
+static void server_free(np_server *s) {
+  if (s->data && s->e->ev.released) s->e->ev.released(s->data);
+  free(s->path);
+  free(s);
+}
+
+static void on_listener_closed(uv_handle_t *h) {
+  np_server *s = h->data;
+  np_engine *e = s->e;
+  free(h);
+  server_free(s);
+  np__handle_gone(e);
+}
+
+/* A handle that outlives its server (its data is the engine). */
+static void on_spare_handle_closed(uv_handle_t *h) {
+  np_engine *e = h->data;
+  free(h);
+  np__handle_gone(e);
+}
+
+static void on_connection(uv_stream_t *ls, int status);
+static void on_listener_ready(uv_poll_t *p, int status, int events);
+
+static int at_capacity(const np_server *s) {
+  return s->opts.max_instances > 0 && s->stats.active >= (uint64_t)s->opts.max_instances;
+}
+
+/* Linux queues backlog + 1 clients. With max_instances the backlog is kept one below the
+ * free instances, so that active and waiting clients together never exceed
+ * max_instances + 1, also while a client connects between an accept and the listen()
+ * that follows it: at the limit one client waits and every other is refused as busy
+ * (EAGAIN) at once, however many connected before the server got to accept them. */
+static int wanted_backlog(const np_server *s) {
+  if (s->opts.max_instances <= 0) return s->opts.backlog;
+  long room = (long)s->opts.max_instances - (long)s->stats.active - 1;
+  if (room < 0) room = 0;
+  return room < s->opts.backlog ? (int)room : s->opts.backlog;
+}
+
+/* Watches the socket while the server may accept; adjusts the backlog to the limit. */
+static void server_update(np_server *s) {
+  if (s->closing || s->poll == NULL) return;
+  int backlog = wanted_backlog(s);
+  if (backlog != s->backlog && np_platform_listen(s->listener, backlog) == 0) s->backlog = backlog;
+  int want = !s->starved && !at_capacity(s);
+  if (want == s->polling) return;
+  s->polling = want;
+  if (want) uv_poll_start(s->poll, UV_READABLE, on_listener_ready);
+  else uv_poll_stop(s->poll);
+}
+
+/* Descriptors may be free again: every server that ran out of them tries again. Its
+ * poll reports a waiting client on a later loop turn, after the closes under way. */
+static void wake_starved(np_engine *e) {
+  for (np_server *s = e->servers; s; s = s->next) {
+    if (!s->starved) continue;
+    s->starved = 0;
+    server_update(s);
+  }
+}
+
+static void on_accept_timer(uv_timer_t *t) { wake_starved(t->data); }
+
+static void starve(np_server *s) {
+  np_engine *e = s->e;
+  s->starved = 1;
+  server_update(s);
+  if (!e->accept_timer_made) {
+    uv_timer_init(e->loop, &e->accept_timer);
+    e->accept_timer.data = e;
+    e->accept_timer_made = 1;
+    e->handles++;
+  }
+  uv_timer_start(&e->accept_timer, on_accept_timer, ACCEPT_RETRY_MS, 0);
+}
+
+/* c is open on a new client of s. */
+static void server_take(np_server *s, np_conn *c) {
+  c->server = s;
+  c->server_end = 1;
+  s->stats.accepted++;
+  s->stats.active++;
+  if (np__conn_open(c) != 0) {
+    np__close_now(c, "EIO", "could not start reading", 0);
+    return;
+  }
+  server_update(s);
+  s->e->ev.accept(s, c);
+}
+
+static void on_listener_ready(uv_poll_t *p, int status, int events) {
+  np_server *s = p->data;
+  (void)events;
+  if (status < 0) {
+    starve(s);
+    return;
+  }
+  for (int i = 0; i < ACCEPT_BATCH && s->polling && !s->closing; i++) {
+    if (s->spare == NULL && (s->spare = np__conn_new(s->e, &s->opts.conn)) == NULL) {
+      starve(s); /* out of memory: the client waits, as for descriptors */
+      return;
+    }
+    int rc = np_platform_accept(s->listener, &s->spare->pipe);
+    if (rc == UV_EAGAIN) return;
+    if (rc == UV_ECONNABORTED) continue;
+    if (rc == UV_EMFILE || rc == UV_ENFILE || rc == UV_ENOBUFS || rc == UV_ENOMEM) {
+      starve(s);
+      return;
+    }
+    if (rc < 0) { /* the client was accepted and could not be kept: say so in the count */
+      s->stats.rejected++;
+      continue;
+    }
+    np_conn *c = s->spare;
+    s->spare = NULL;
+    server_take(s, c);
+  }
+}
+
+/* uv_listen's callback, where libuv accepts (Windows). */
+static void on_connection(uv_stream_t *ls, int status) {
+  np_server *s = ls->data;
+  if (status < 0) return;
+  np_conn *c = np__conn_new(s->e, &s->opts.conn);
+  if (c == NULL) return;
+  if (uv_accept(ls, (uv_stream_t *)&c->pipe) != 0) {
+    np__conn_discard(c);
+    return;
+  }
+  if (at_capacity(s)) { /* libuv accepts every client: refuse the ones over the limit */
+    s->stats.rejected++;
+    np__conn_discard(c);
+    return;
+  }
+  server_take(s, c);
+}
+
+void np__server_conn_gone(np_server *s) {
+  s->stats.active--;
+  server_update(s);
+  wake_starved(s->e);
+}
+
+/* Starts accepting: on a poll of the socket where the platform lets the engine accept,
+ * else through uv_listen. */
+static int start_accepting(np_server *s) {
+  int fd = np_platform_listener_fd(s->listener);
+  if (fd == UV_ENOTSUP) return uv_listen((uv_stream_t *)s->listener, s->opts.backlog, on_connection);
+  if (fd < 0) return fd;
+  s->backlog = wanted_backlog(s);
+  int rc = np_platform_listen(s->listener, s->backlog);
+  if (rc < 0) return rc;
+  uv_poll_t *p = malloc(sizeof *p);
+  if (p == NULL) return UV_ENOMEM;
+  rc = uv_poll_init(s->e->loop, p, fd);
+  if (rc < 0) {
+    free(p);
+    return rc;
+  }
+  p->data = s;
+  s->poll = p;
+  s->e->handles++;
+  server_update(s);
+  return 0;
+}
+
+static int bind_or_reclaim(np_server *s, const char *path, char *err, size_t errlen) {
+  int rc = np_platform_bind(s->listener, path, s->opts.mode);
+  if (rc != UV_EADDRINUSE) return rc;
+  int live = np_platform_reclaim(path, err, errlen);
+  if (live < 0) return live;
+  if (live) {
+    snprintf(err, errlen, "pipe %s is already in use by a live server", path);
+    return UV_EADDRINUSE;
+  }
+  return np_platform_bind(s->listener, path, s->opts.mode);
+}
+
+/* Closes what s has open besides its listener, whose close callback frees s. */
+static void server_close_handles(np_server *s) {
+  if (s->poll) {
+    s->poll->data = s->e;
+    uv_close((uv_handle_t *)s->poll, on_spare_handle_closed);
+    s->poll = NULL;
+  }
+  s->polling = 0;
+  if (s->spare) {
+    np__conn_discard(s->spare);
+    s->spare = NULL;
+  }
+  uv_close((uv_handle_t *)s->listener, on_listener_closed);
+}
+
+static int server_fail(np_server *s, int rc, const char *what, char *err, size_t errlen) {
+  if (err[0] == '\0') snprintf(err, errlen, "%s %s: %s", what, s->path, uv_strerror(rc));
+  s->closing = 1;
+  server_close_handles(s);
+  return rc;
+}
+
+static uv_pipe_t *listener_new(np_server *s) {
+  uv_pipe_t *lp = malloc(sizeof *lp);
+  if (lp == NULL) return NULL;
+  uv_pipe_init(s->e->loop, lp, 0);
+  lp->data = s;
+  s->e->handles++;
+  return lp;
+}
+
+int np_server_listen(np_engine *e, const char *path, const np_server_opts *opts, np_server **out,
+                     char *err, size_t errlen) {
+  np_server *s = calloc(1, sizeof *s);
+  if (s == NULL || (s->path = strdup(path)) == NULL) {
+    free(s);
+    return UV_ENOMEM;
+  }
+  err[0] = '\0';
+  s->e = e;
+  s->opts = *opts;
+  if ((s->listener = listener_new(s)) == NULL) {
+    free(s->path);
+    free(s);
+    return UV_ENOMEM;
+  }
+  int rc = bind_or_reclaim(s, path, err, errlen);
+  if (rc < 0) return server_fail(s, rc, "cannot bind", err, errlen);
+  s->have_fid = np_platform_file_id(path, &s->fid) == 0;
+  rc = start_accepting(s);
+  if (rc < 0) {
+    if (s->have_fid) np_platform_unlink_if_same(path, &s->fid);
+    return server_fail(s, rc, "cannot listen on", err, errlen);
+  }
+  LIST_ADD(e->servers, s);
+  *out = s;
+  return 0;
+}
+
+void np_server_close(np_server *s) {
+  if (s->closing) return;
+  s->closing = 1;
+  LIST_DEL(s->e->servers, s);
+  for (np_conn *c = s->e->conns; c; c = c->next)
+    if (c->server == s) c->server = NULL;
+  if (s->have_fid) np_platform_unlink_if_same(s->path, &s->fid);
+  server_close_handles(s);
+}
+
+const char *np_server_path(const np_server *s) { return s->path; }
+np_stats np_server_stats(const np_server *s) { return s->stats; }
+void np_server_set_data(np_server *s, void *data) { s->data = data; }
+void *np_server_data(const np_server *s) { return s->data; }
