@@ -191,54 +191,49 @@ describe("flush tells the truth #unix", function()
   end
 end)
 
+-- Starts n Python clients that flood server with empty messages and never read; once
+-- the server has stopped taking their data, returns how much its RSS grew (KiB) and the
+-- open connections, then kills the clients.
+local function flooded(server, n)
+  collectgarbage()
+  collectgarbage()
+  local before = rss_kb()
+  local pids, outs = {}, {}
+  for i = 1, n do
+    pids[i], outs[i] = helpers.spawn(("exec python3 %s flood %s 2000000"):format(PY, helpers.quote(server:path())))
+  end
+  assert.truthy(helpers.wait_until(function()
+    for i = 1, n do if not (helpers.read_file(outs[i]) or ""):match("sent") then return false end end
+    return true
+  end, 30))
+  local conns = server:connections()
+  collectgarbage()
+  collectgarbage()
+  local grown = rss_kb() - before
+  for _, pid in ipairs(pids) do helpers.kill_tree(pid) end
+  return grown, conns
+end
+
 describe("memory #unix", function()
   after_each(helpers.close_tracked_servers)
 
   it("stays bounded by high_water when clients flood empty messages and never read", function()
     local server = listen({ framing = "message" }, { data = function(conn, msg) conn:write(msg) end })
-    collectgarbage()
-    collectgarbage()
-    local before = rss_kb()
-    local pids, outs = {}, {}
-    for i = 1, 5 do
-      pids[i], outs[i] = helpers.spawn(("exec python3 %s flood %s 2000000"):format(PY, helpers.quote(server:path())))
-    end
-    assert.truthy(helpers.wait_until(function()
-      for i = 1, 5 do if not (helpers.read_file(outs[i]) or ""):match("sent") then return false end end
-      return true
-    end, 30))
-    local conns = server:connections()
-    collectgarbage()
-    collectgarbage()
-    local grown = rss_kb() - before
-    for _, pid in ipairs(pids) do helpers.kill_tree(pid) end
+    local grown, conns = flooded(server, 5)
     assert.equals(5, #conns)
     -- each: a write queue of about high_water (1 MiB), at most one kept read (64 KiB),
-    -- and a bounded job queue; 58 MB each before the queue counted its cost
-    -- measured: 5.6 MiB; 15 MiB when frames cost only their bytes; 285 MB before any of this
+    -- and a bounded job queue. Measured: 5.6 MiB in all; 15 MiB when frames cost only
+    -- their bytes; 285 MB before the queue counted its cost (58 MB a client)
     assert.is_true(grown < 5 * (ASAN and 4 or 2) * 1024, ("server grew by %d KiB"):format(grown))
     for _, conn in ipairs(conns) do assert.is_true(conn:queued() < 1100 * 1024, conn:queued()) end
   end)
 
   it("stays bounded when clients flood a handler that waits (the job queue holds at a frame)", function()
     local server = listen({ framing = "message" }, { data = function() npipe.sleep(30) end })
-    collectgarbage()
-    collectgarbage()
-    local before = rss_kb()
-    local pids, outs = {}, {}
-    for i = 1, 10 do
-      pids[i], outs[i] = helpers.spawn(("exec python3 %s flood %s 2000000"):format(PY, helpers.quote(server:path())))
-    end
-    assert.truthy(helpers.wait_until(function()
-      for i = 1, 10 do if not (helpers.read_file(outs[i]) or ""):match("sent") then return false end end
-      return true
-    end, 30))
-    collectgarbage()
-    collectgarbage()
-    local grown = rss_kb() - before
-    for _, pid in ipairs(pids) do helpers.kill_tree(pid) end
-    -- each: 32 queued handler calls and one kept read (64 KiB); a whole read's frames
-    -- (16,384 empty messages) became queued calls when a hold stopped only the reading
+    local grown = flooded(server, 10)
+    -- each: 32 queued handler calls and one kept read (64 KiB). Measured: about 550 KiB in
+    -- all; 6.7 MiB when a hold stopped only the reading and a whole read's frames (16,384
+    -- empty messages) became queued calls
     assert.is_true(grown < 10 * (ASAN and 2048 or 512), ("server grew by %d KiB"):format(grown))
   end)
 end)
