@@ -26,10 +26,10 @@ local function job_failed(conn, err)
     return
   end
   conn._failed = true
-  sched.clear(conn._jobs)
+  sched.clear(conn)
   local on_error = conn._server and conn._server:_handler("error")
   if on_error then
-    sched.enqueue(conn._jobs, on_error, conn, err)
+    sched.enqueue(conn, on_error, conn, err)
   else
     sched.report(("handler error on connection #%d"):format(conn._id), err)
   end
@@ -37,21 +37,21 @@ local function job_failed(conn, err)
   conn:_end_now("handler error: " .. first, "EHANDLER") -- its disconnect handler queues after
 end
 
--- The job queue's hooks: while the queue is long the engine holds this connection's input.
-local JOBS = {
+-- The job queues' hooks (connections are sched's only owners of jobs): while a queue is
+-- long the engine holds that connection's input.
+sched.job_hooks({
   pause = INBOX_PAUSE,
   resume = INBOX_RESUME,
   hold = function(conn, on) conn._c:hold("jobs", on) end,
   on_failed = job_failed,
-}
+})
 
 -- A connection on the core object c: accepted by server, or this process's own end (a
--- client) when server is nil. conn._jobs is its job queue (npipe.sched's record), which
--- npipe.server submits the handlers of its events to.
+-- client) when server is nil. npipe.server submits the handlers of its events for it to
+-- npipe.sched, which runs a connection's jobs one at a time, in order.
 function M.new(c, server, high_water, framing)
   local conn = setmetatable({ _c = c, _id = c:id(), _server = server, _client = not server, state = {},
                               _high_water = high_water, _framing = framing }, Conn)
-  conn._jobs = sched.queue(conn, JOBS)
   core.bind(c, conn)
   return conn
 end
@@ -64,7 +64,7 @@ Conn.__close = function(self) self:disconnect() end
 
 --- Whether no handler job of this connection runs now and it is not ending.
 function M.quiet(conn)
-  return not sched.running(conn._jobs) and not conn._ending
+  return not sched.running(conn) and not conn._ending
 end
 
 -- drop: DisconnectNamedPipe, which on Windows also takes back what the client has not
@@ -192,7 +192,7 @@ end
 --- DisconnectNamedPipe: ends the connection at once; unsent and unread data is dropped.
 function Conn:disconnect(reason)
   if self._closed then return true end
-  sched.clear(self._jobs)
+  sched.clear(self)
   self._inbox = nil
   self:_end_now(reason or (self._client and "disconnected by the client" or "disconnected by the server"),
                 "DISCONNECTED", true)

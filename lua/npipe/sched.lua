@@ -16,10 +16,10 @@ local sched = {}
 
 local DONE, WAIT = {}, {} -- what a worker yields: its job ended, or it waits
 local is_worker = setmetatable({}, { __mode = "k" })
-local queue_of = setmetatable({}, { __mode = "k" }) -- waiting worker -> the queue of its job
+local owner_of = setmetatable({}, { __mode = "k" }) -- waiting worker -> the owner of its job
 local parked = setmetatable({}, { __mode = "k" })   -- waiting worker -> the waiter it waits on
 local pool, npool = {}, 0
--- Waiters whose coroutine can go on, and queues with jobs that could not start
+-- Waiters whose coroutine can go on, and owners with jobs that could not start
 -- where they were queued. Two buffers each, swapped by pump, so pumping allocates nothing.
 local ready, nready, ready_spare = {}, 0, {}
 local pending, npending, pending_spare = {}, 0, {}
@@ -61,107 +61,143 @@ sched.report = report
 
 ---- job queues ----
 
--- Each owner (a connection) runs its jobs one at a time, in the order they came:
--- sched.queue(owner, hooks) gives it a queue, a record that only this file reads or
--- writes (the jobs sit at q[q.head .. q.tail]). hooks, shared by the owners of a kind:
+-- Each owner (a connection) runs its jobs one at a time, in the order they came. While
+-- a job runs to its end without waiting, `current` already makes every submit queue, so
+-- a queue record is needed only while a job waits or jobs wait behind one: then sched
+-- keeps it in owner._jobs (the one field of an owner that sched uses), and drops it
+-- when the owner is idle again, so an idle connection costs nothing here. The record:
+-- {busy = the waiting worker, n, head, tail, held}, with the jobs at [head .. tail].
+-- Hooks, set once by the owners' module (sched.job_hooks):
 --   pause, resume    the queue lengths at which the owner's input is held and released
 --   hold(owner, on)  holds (true) or releases (false) the owner's input
 --   on_failed(owner, err)  a job raised; may sched.clear the queue and sched.enqueue
-function sched.queue(owner, hooks)
-  return { owner = owner, hooks = hooks, n = 0, head = 1, tail = 0, busy = nil, held = false }
+local hooks
+
+function sched.job_hooks(h) hooks = h end
+
+local function record(owner)
+  local q = owner._jobs
+  if not q then
+    q = { busy = false, n = 0, head = 1, tail = 0, held = false }
+    owner._jobs = q
+  end
+  return q
+end
+
+-- The owner is idle (no job waits, none queued, input not held): forget its record.
+local function forget_if_idle(owner, q)
+  if q.n == 0 and not q.busy and not q.held then owner._jobs = nil end
 end
 
 -- While the queue is long the owner's input is held (nothing read, no frame delivered),
 -- so it grows by at most one frame past the mark.
-local function enqueue(q, job)
+local function enqueue(owner, job)
+  local q = record(owner)
   local tail = q.tail + 1
   q.tail = tail
   q[tail] = job
   local n = q.n + 1
   q.n = n
-  local hooks = q.hooks
   if n >= hooks.pause and not q.held then
     q.held = true
-    hooks.hold(q.owner, true)
+    hooks.hold(owner, true)
   end
 end
 
-local function dequeue(q)
-  local n = q.n
-  if n == 0 then return nil end
+local function dequeue(owner)
+  local q = owner._jobs
+  if not q or q.n == 0 then return nil end
   local head = q.head
   local job = q[head]
   q[head] = nil
-  n = n - 1
-  q.n = n
-  if n == 0 then q.head, q.tail = 1, 0 else q.head = head + 1 end
-  local hooks = q.hooks
-  if n <= hooks.resume and q.held then
+  q.head = head + 1
+  q.n = q.n - 1
+  if q.n <= hooks.resume and q.held then
     q.held = false
     -- Releasing may deliver kept frames at once: marked busy, they queue behind this job.
     local busy = q.busy
     q.busy = true
-    hooks.hold(q.owner, false)
+    hooks.hold(owner, false)
     q.busy = busy
   end
+  if q.n == 0 then q.head, q.tail = 1, 0 end
+  forget_if_idle(owner, q)
   return job
 end
 
---- Drops the queued jobs (not the one running). The input stays as it is.
-function sched.clear(q)
+--- Drops the owner's queued jobs (not the one running). The input stays as it is.
+function sched.clear(owner)
+  local q = owner._jobs
+  if not q then return end
   for i = q.head, q.tail do q[i] = nil end
   q.n, q.head, q.tail = 0, 1, 0
+  forget_if_idle(owner, q)
 end
 
---- Whether one of the queue's jobs runs (or waits) now.
-function sched.running(q) return q.busy ~= nil end
+--- Whether one of the owner's jobs waits now (a job that runs to its end without
+-- waiting is over before anything else can ask).
+function sched.running(owner)
+  local q = owner._jobs
+  return q ~= nil and q.busy ~= false
+end
 
-local function add_pending(q)
+local function has_jobs(owner)
+  local q = owner._jobs
+  return q ~= nil and q.n > 0
+end
+
+local function add_pending(owner)
   npending = npending + 1
-  pending[npending] = q
+  pending[npending] = owner
 end
 
 --- Queues a job behind the others without starting it now, even where sched.submit would.
-function sched.enqueue(q, fn, a, b, c)
-  enqueue(q, { fn, a, b, c })
-  if not q.busy then add_pending(q) end
+function sched.enqueue(owner, fn, a, b, c)
+  enqueue(owner, { fn, a, b, c })
+  if not owner._jobs.busy then add_pending(owner) end
 end
 
--- After a resume: the job ended, failed, or waits. q: the queue the job came from (nil
--- for a spawned function).
-local function finish(co, q, ok, tag)
+-- An owner's job ended: the next one may start.
+local function job_over(owner)
+  local q = owner._jobs
+  if not q then return end
+  q.busy = false
+  if q.n > 0 then add_pending(owner) else forget_if_idle(owner, q) end
+end
+
+-- After a resume: the job ended, failed, or waits. owner: whose job it is (nil for a
+-- spawned function).
+local function finish(co, owner, ok, tag)
   if ok and tag == DONE then
     npool = npool + 1
     pool[npool] = co
-    if q then
-      q.busy = nil
-      if q.n > 0 then add_pending(q) end
-    end
+    if owner then job_over(owner) end
   elseif not ok then
     is_worker[co] = nil
     local err = traceback(co, tag)
-    if q then
-      q.busy = nil
-      q.hooks.on_failed(q.owner, err)
-      if q.n > 0 then add_pending(q) end
+    if owner then
+      job_over(owner)
+      hooks.on_failed(owner, err)
+      if has_jobs(owner) then add_pending(owner) end
     else
       sched.report("error in a spawned function", err)
     end
   else
-    queue_of[co] = q or false
+    owner_of[co] = owner or false
+    if owner then record(owner).busy = co end
   end
 end
 
-local function step(co, q, ...)
+local function step(co, owner, ...)
   local prev = current
   current = co
   local ok, tag = coroutine_resume(co, ...)
   current = prev
-  finish(co, q, ok, tag)
+  finish(co, owner, ok, tag)
 end
 
--- Starts fn(a, b, c) in a pooled worker for queue q (nil: a spawned function). Top level only.
-local function start(q, fn, a, b, c)
+-- Starts fn(a, b, c) in a pooled worker for owner (nil: a spawned function). Top level only.
+local function start(owner, fn, a, b, c)
   local co = pool[npool]
   if co then
     pool[npool] = nil
@@ -170,7 +206,6 @@ local function start(q, fn, a, b, c)
     co = coroutine_create(worker)
     is_worker[co] = true
   end
-  if q then q.busy = co end
   local prev = current
   current = co
   local ok, tag = coroutine_resume(co, fn, a, b, c)
@@ -180,31 +215,28 @@ local function start(q, fn, a, b, c)
   if ok and tag == DONE then
     npool = npool + 1
     pool[npool] = co
-    if q then
-      q.busy = nil
-      if q.n > 0 then add_pending(q) end
-    end
+    if owner and owner._jobs then job_over(owner) end
   else
-    finish(co, q, ok, tag)
+    finish(co, owner, ok, tag)
   end
 end
 
--- Runs a queue's jobs one after another until one waits or none is left.
-local function run_queue(q)
-  while not q.busy do
-    local job = dequeue(q)
+-- Runs an owner's jobs one after another until one waits or none is left.
+local function run_queue(owner)
+  while not sched.running(owner) do
+    local job = dequeue(owner)
     if not job then break end
-    start(q, job[1], job[2], job[3], job[4])
+    start(owner, job[1], job[2], job[3], job[4])
   end
 end
 
---- Queues a job; starts it now when that is safe.
-function sched.submit(q, fn, a, b, c)
-  if q.busy or q.n > 0 or current then
-    enqueue(q, { fn, a, b, c })
-    if not q.busy then add_pending(q) end
+--- Queues a job for owner; starts it now when that is safe.
+function sched.submit(owner, fn, a, b, c)
+  if owner._jobs or current then
+    enqueue(owner, { fn, a, b, c })
+    if not owner._jobs.busy then add_pending(owner) end
   else
-    start(q, fn, a, b, c)
+    start(owner, fn, a, b, c)
   end
 end
 
@@ -226,9 +258,9 @@ local function pump()
       -- e.g. inside pcall, and leave a stale waiter behind)
       if parked[co] == w and coroutine_status(co) == "suspended" then
         parked[co] = nil
-        local q = queue_of[co]
-        queue_of[co] = nil
-        step(co, q or nil, unpack(w.result, 1, w.result.n))
+        local owner = owner_of[co]
+        owner_of[co] = nil
+        step(co, owner or nil, unpack(w.result, 1, w.result.n))
       end
     end
     for i = 1, np do

@@ -248,7 +248,7 @@ function events.accept(server, c)
   server._conns[conn] = true
   if server._idle then server._last[conn] = core.now() end
   local on_connect = server._handlers.connect
-  if on_connect then submit(conn._jobs, on_connect, conn) end
+  if on_connect then submit(conn, on_connect, conn) end
 end
 
 -- The per-message path: keep it free of calls and tables that are not needed.
@@ -257,7 +257,7 @@ function events.frame(conn, msg)
   local on_data = server and server._on_data
   if server and server._idle then server._last[conn] = core.now() end
   if on_data then
-    submit(conn._jobs, on_data, conn, msg)
+    submit(conn, on_data, conn, msg)
   else
     keep(conn, msg)
   end
@@ -273,7 +273,7 @@ function events.closed(conn, reason, code, lost_bytes, lost_msgs)
   if server and server._conns[conn] then
     server._conns[conn] = nil
     local on_disconnect = server._handlers.disconnect
-    if on_disconnect then submit(conn._jobs, on_disconnect, conn, reason, code) end
+    if on_disconnect then submit(conn, on_disconnect, conn, reason, code) end
     if server._drained and next(server._conns) == nil then wake(server._drained, true) end
   end
 end
@@ -292,8 +292,8 @@ function events.eof(conn)
     return
   end
   local on_eof = server._handlers.eof
-  if on_eof then submit(conn._jobs, on_eof, conn) end
-  submit(conn._jobs, end_at_eof, conn)
+  if on_eof then submit(conn, on_eof, conn) end
+  submit(conn, end_at_eof, conn)
 end
 
 events.connected = conns.connected
