@@ -1,0 +1,18 @@
+-- Loading a handlers script: what `npipe serve SCRIPT` serves and what npipe.test's
+-- nt.serve(path) loads, the same way, so a script is tested exactly as it is run.
+local M = {}
+
+--- Runs the Lua file at path; returns what it returned (a handlers table or a function),
+-- or nil and why.
+function M.load(path)
+  local chunk, err = loadfile(path)
+  if not chunk then return nil, "cannot load " .. tostring(err) end
+  local ok, handlers = pcall(chunk)
+  if not ok then return nil, "error running " .. path .. ": " .. tostring(handlers) end
+  if type(handlers) ~= "table" and type(handlers) ~= "function" then
+    return nil, path .. " must return a handlers table or a function, not " .. type(handlers)
+  end
+  return handlers
+end
+
+return M
