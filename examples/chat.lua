@@ -5,27 +5,11 @@
 local npipe = require("npipe")
 
 local name = arg and arg[1] or "chat"
-local server, err
+-- the handlers live in examples/handlers/chat.lua, so specs can serve them (docs/TESTING.md)
+local here = (arg and arg[0] or ""):match("^(.*[/\\])") or "./"
+local handlers = dofile(here .. "handlers/chat.lua")
 
--- Sends text to every open connection except `except`.
-local function broadcast(text, except)
-  for _, other in ipairs(server:connections()) do
-    if other ~= except and other:is_open() then other:write(text) end
-  end
-end
-
-server, err = npipe.listen(name, { framing = "lines" }, {
-  connect = function(conn)
-    conn:write(("welcome %d"):format(conn:id()))
-    broadcast(("* %d joined"):format(conn:id()), conn)
-  end,
-  data = function(conn, line)
-    broadcast(("%d: %s"):format(conn:id(), line), conn)
-  end,
-  disconnect = function(conn)
-    broadcast(("* %d left"):format(conn:id()), conn)
-  end,
-})
+local server, err = npipe.listen(name, { framing = "lines" }, handlers)
 if not server then
   io.stderr:write("chat: ", tostring(err), "\n")
   os.exit(1)

@@ -10,49 +10,11 @@
 local npipe = require("npipe")
 
 local name = arg and arg[1] or "kv"
-local store = {}
+-- the handlers live in examples/handlers/kv.lua, so specs can serve them (docs/TESTING.md)
+local here = (arg and arg[0] or ""):match("^(.*[/\\])") or "./"
+local handlers = dofile(here .. "handlers/kv.lua")
 
-local commands = {}
-
-function commands.SET(args)
-  local key, value = args:match("^(%S+) (.*)$")
-  if not key then return "ERR usage: SET key value" end
-  store[key] = value
-  return "OK"
-end
-
-function commands.GET(args)
-  local key = args:match("^(%S+)$")
-  if not key then return "ERR usage: GET key" end
-  local value = store[key]
-  if value == nil then return "NOTFOUND" end
-  return "VALUE " .. value
-end
-
-function commands.DEL(args)
-  local key = args:match("^(%S+)$")
-  if not key then return "ERR usage: DEL key" end
-  store[key] = nil
-  return "OK"
-end
-
-function commands.KEYS(args)
-  if args ~= "" then return "ERR usage: KEYS" end
-  local keys = {}
-  for k in pairs(store) do keys[#keys + 1] = k end
-  table.sort(keys)
-  return table.concat(keys, " ")
-end
-
-local function request(_, msg)
-  local verb, args = msg:match("^(%S+) ?(.*)$")
-  if not verb then return "ERR empty request" end
-  local command = commands[verb]
-  if not command then return ("ERR unknown command '%s'"):format(verb) end
-  return command(args)
-end
-
-local server, err = npipe.listen(name, { framing = "message" }, { request = request })
+local server, err = npipe.listen(name, { framing = "message" }, handlers)
 if not server then
   io.stderr:write("kv: ", tostring(err), "\n")
   os.exit(1)

@@ -6,20 +6,11 @@ local npipe = require("npipe")
 
 local name = arg and arg[1] or "gate"
 
-local server, err = npipe.listen(name, { framing = "lines" }, {
-  connect = function(conn)
-    local client_sid = conn:session_id() -- nil when the client already exited
-    if client_sid ~= conn:server_session_id() then
-      conn.state.refused = true
-      conn:write("refused: other session")
-      conn:flush(2)
-      conn:disconnect("refused: other session")
-    end
-  end,
-  data = function(conn, line)
-    if not conn.state.refused then conn:write(line) end
-  end,
-})
+-- the handlers live in examples/handlers/session_gate.lua, so specs can serve them (docs/TESTING.md)
+local here = (arg and arg[0] or ""):match("^(.*[/\\])") or "./"
+local handlers = dofile(here .. "handlers/session_gate.lua")
+
+local server, err = npipe.listen(name, { framing = "lines" }, handlers)
 if not server then
   io.stderr:write("session_gate: ", tostring(err), "\n")
   os.exit(1)
