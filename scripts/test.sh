@@ -62,6 +62,15 @@ rm -rf build.luarocks
     print("installed: " .. n._VERSION)' &&
   "$TREE/bin/npipe" --version)
 passed=$((passed + 1))
+# A user's own spec, outside the repository, with npipe.test from the installed rock and
+# plain busted (examples/spec: a handlers script and its spec; docs/TESTING.md).
+USERSPEC="$LOG/user-spec"
+mkdir "$USERSPEC"
+cp examples/spec/greeter.lua examples/spec/greeter_spec.lua "$USERSPEC/"
+(cd "$USERSPEC" && unset LUA_PATH LUA_CPATH && eval "$(luarocks --lua-version=5.4 --tree="$TREE" path)" &&
+  T="$TREE" lua5.4 -e 'assert(package.searchpath("npipe.test", package.path):find(os.getenv("T"), 1, true))' &&
+  lua5.4 /usr/bin/busted --output=utfTerminal greeter_spec.lua) | tee "$LOG/user-spec.log"
+count_busted "$LOG/user-spec.log"
 
 stage="sanitizers and valgrind"
 echo "== sanitizers and valgrind"
