@@ -105,7 +105,7 @@ LUA_PATH_WIN="$(zpath "$ROOT/lua")\\?.lua;$(zpath "$ROOT/lua")\\?\\init.lua;$SHA
 LUA_CPATH_WIN="$(zpath "$LUA")\\?.dll"
 # Tests tagged #unix need a shell, socket files or Unix permissions.
 SPECS=(spec/portable_spec.lua spec/echo_spec.lua spec/request_spec.lua spec/disconnect_spec.lua
-  spec/errors_spec.lua spec/badinput_spec.lua)
+  spec/errors_spec.lua spec/badinput_spec.lua spec/nt_spec.lua)
 # .busted's cpath names the Linux build; the command line replaces it.
 # NPIPE_LUA: the interpreter the portable spec starts its client process with.
 if ! env -u LUA_PATH -u LUA_CPATH LUA_PATH_5_4="$LUA_PATH_WIN" LUA_CPATH_5_4="$LUA_CPATH_WIN" \

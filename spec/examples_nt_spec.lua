@@ -1,7 +1,7 @@
 -- The examples' handlers (examples/handlers/*.lua, which examples/kv.lua, chat.lua and
 -- session_gate.lua serve), tested with npipe.test as a user would test their own.
 local nt = require("npipe.test")
-local helpers = require("spec.helpers")
+local helpers = require("helpers")
 
 local function handlers(name) return helpers.root .. "/examples/handlers/" .. name .. ".lua" end
 

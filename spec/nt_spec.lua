@@ -1,7 +1,7 @@
 -- npipe.test's own promises (docs/TESTING.md).
 local npipe = require("npipe")
 local nt = require("npipe.test")
-local helpers = require("spec.helpers")
+local helpers = require("helpers")
 
 describe("npipe.test", function()
   it("runs the body as a job: write, read, transact, flush and sleep top to bottom", nt.wrap(function()
@@ -40,7 +40,7 @@ describe("npipe.test", function()
     local ok, err = pcall(nt.wrap(function()
       server, client = nt.serve({ data = function() error("handler broke") end })
       dir = server:path():match("^(.*)/[^/]*$")
-      assert.truthy(helpers.exists(server:path()))
+      if not helpers.windows then assert.truthy(helpers.exists(server:path())) end
       client:write("x")
       client:read(3) -- the failure ends the test before this times out
       error("not reached")
@@ -50,7 +50,7 @@ describe("npipe.test", function()
     assert.not_matches("not reached", err)
     assert.is_false(server:is_open())
     assert.is_false(client:is_open())
-    assert.is_false(helpers.exists(dir))
+    if not helpers.windows then assert.is_false(helpers.exists(dir)) end
   end)
 
   it("also fails the test when the script has an error handler of its own, which still runs", function()
@@ -92,7 +92,7 @@ describe("npipe.test", function()
     assert.is_true(took >= 0.3 and took < 1.5, "took " .. took .. " s")
     assert.is_false(server:is_open())
     assert.is_false(client:is_open())
-    assert.is_false(helpers.exists(dir))
+    if not helpers.windows then assert.is_false(helpers.exists(dir)) end
   end)
 
   it("leaves nothing in the temporary directory and closes everything after a passing body", function()
@@ -101,14 +101,14 @@ describe("npipe.test", function()
       server, client = nt.serve({ request = function(_, m) return m end })
       other = nt.client(server)
       dir = server:path():match("^(.*)/[^/]*$")
-      assert.equal("700", helpers.capture("stat -c %a " .. helpers.quote(dir)))
+      if not helpers.windows then assert.equal("700", helpers.capture("stat -c %a " .. helpers.quote(dir))) end
       assert.equal("x", client:transact("x", 1))
     end)()
     assert.is_false(server:is_open())
     assert.equal(0, #server:connections())
     assert.truthy(client:closed_reason())
     assert.truthy(other:closed_reason())
-    assert.is_false(helpers.exists(dir))
+    if not helpers.windows then assert.is_false(helpers.exists(dir)) end
     assert.is_false(require("npipe.sched").busy())
   end)
 

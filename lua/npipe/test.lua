@@ -8,7 +8,8 @@
 -- opened (servers on private temporary names, their clients) is closed when it ends,
 -- passed or failed. A handler that raises fails the test, unless
 -- nt.serve's opts say handler_errors = "close" (production: only that connection ends).
--- Unix only (the temporary names are socket paths in a fresh 0700 directory).
+-- On Unix a server's name is a socket path in a fresh 0700 directory; on Windows, where
+-- pipe names need no directory, a name of this process's own.
 local npipe = require("npipe")
 local sched = require("npipe.sched")
 local script = require("npipe.script")
@@ -17,6 +18,8 @@ local unpack = table.unpack or _G.unpack -- Lua 5.1 and LuaJIT
 local describe = sched.describe
 
 local nt = { default_timeout = 5 }
+local WINDOWS = package.config:sub(1, 1) == "\\"
+local served = 0 -- names made so far (Windows)
 
 -- The wrapped body running now: {servers, clients, dirs, failure, w}, or nil.
 local active = nil
@@ -82,9 +85,16 @@ function nt.serve(handlers, opts)
   if mode ~= "fail" and mode ~= "close" then
     error("npipe.test: handler_errors must be \"fail\" or \"close\"", 2)
   end
-  local dir = temp_dir()
-  st.dirs[#st.dirs + 1] = dir
-  local server, err = npipe.listen(dir .. "/pipe", o, handlers)
+  local name
+  if WINDOWS then
+    served = served + 1
+    name = ("npipe-test-%d-%d"):format(require("npipe.core").pid(), served)
+  else
+    local dir = temp_dir()
+    st.dirs[#st.dirs + 1] = dir
+    name = dir .. "/pipe"
+  end
+  local server, err = npipe.listen(name, o, handlers)
   if not server then error("npipe.test: cannot listen: " .. tostring(err), 2) end
   st.servers[#st.servers + 1] = server
   st.max_message[server] = o.max_message
