@@ -23,14 +23,19 @@ describe("limits #unix", function()
       pids = {}
     end)
 
-    it("leaves waiting clients in the backlog and serves them once descriptors are free", function()
-      -- a server with 64 descriptors, 200 real (Python) clients at once
-      local name = helpers.name("emfile")
+    -- A server child with 64 descriptors; returns the path it serves.
+    local function limited_server(tag)
       local spid, sout = helpers.spawn(("exec prlimit --nofile=64 %s %s %s %s"):format(
-        ENV, helpers.lua, q(FIX .. "limit_server.lua"), q(name)))
+        ENV, helpers.lua, q(FIX .. "limit_server.lua"), q(helpers.name(tag))))
       pids[#pids + 1] = spid
       local path = wait_output(sout, "ready (%S+)\n")
       assert(path, "the server did not start: " .. output(sout))
+      return path
+    end
+
+    it("leaves waiting clients in the backlog and serves them once descriptors are free", function()
+      -- a server with 64 descriptors, 200 real (Python) clients at once
+      local path = limited_server("emfile")
       local cpid, cout = helpers.spawn(("exec timeout 30 python3 %s %s 200"):format(
         q(FIX .. "wave_clients.py"), q(path)))
       pids[#pids + 1] = cpid
@@ -51,12 +56,7 @@ describe("limits #unix", function()
     end)
 
     it("serves a waiting client once descriptors free elsewhere in the process", function()
-      local name = helpers.name("emfile2")
-      local spid, sout = helpers.spawn(("exec prlimit --nofile=64 %s %s %s %s"):format(
-        ENV, helpers.lua, q(FIX .. "limit_server.lua"), q(name)))
-      pids[#pids + 1] = spid
-      local path = wait_output(sout, "ready (%S+)\n")
-      assert(path, "the server did not start: " .. output(sout))
+      local path = limited_server("emfile2")
       local a = assert(npipe.connect(path, { framing = "lines", timeout = 5 }))
       assert.matches("^hogging %d+$", a:transact("hog", 5))
       -- no descriptor left for b: it waits in the backlog (its connect succeeds)

@@ -124,7 +124,7 @@ function Conn:write(data)
   if self._closed or self._ending then return closed_error(self) end
   local over, err, code = self._c:write(data) -- raises for a non-string, as Lua's own write does
   if over == nil then return nil, err, code end
-  if over and not self._closed then
+  if over then
     -- backpressure: wait until the peer has read enough, instead of queueing without bound
     local w = waiter()
     local d = self._drainers
@@ -333,7 +333,7 @@ function M.closed(conn, reason, code, lost_bytes, lost_msgs)
   wake_all(conn._readers, nil, "closed", code)
   wake_all(conn._flushers, nil, "pipe closed before the peer read everything (" .. reason .. ")", code)
   conn._readers, conn._flushers = nil, nil
-  wake_all(conn._drainers, nil, "pipe closed (" .. reason .. ")", code)
+  wake_all(conn._drainers) -- a waiting write's data was queued: it returns true all the same
   conn._drainers = nil
 end
 
