@@ -43,6 +43,7 @@ box *lnp_new_box(lua_State *L, ctx *x, void *p, const char *mt, box_kind kind) {
   b->x = x;
   b->p = p;
   b->kind = kind;
+  b->direct_ref = b->data_ref = LUA_NOREF;
   luaL_setmetatable(L, mt);
   if (kind == BOX_SELF) { /* BOX_BOUND: through core.bind */
     lua_rawgeti(L, LUA_REGISTRYINDEX, x->objects);
@@ -111,21 +112,36 @@ static void ev_accept(np_server *s, np_conn *c) {
     np_conn_end(c, "SHUTDOWN", "server object is gone");
     return;
   }
-  np_conn_set_data(c, lnp_new_box(L, sb->x, c, CONN_MT, BOX_BOUND));
+  box *b = lnp_new_box(L, sb->x, c, CONN_MT, BOX_BOUND);
+  b->server = sb;
+  b->last_active = uv_now(sb->x->loop);
+  np_conn_set_data(c, b);
   event_call(sb, EV_ACCEPT, 1);
 }
 
 static void ev_frame(np_conn *c, const char *data, size_t len) {
   box *b = np_conn_data(c);
+  if (b == NULL) return;
+  b->last_active = uv_now(b->x->loop);
+  if (lnp_fast_frame(b, data, len)) return;
   lua_State *L = event_begin(b, EV_FRAME);
   if (L == NULL) return;
   lua_pushlstring(L, data, len);
   event_call(b, EV_FRAME, 1);
 }
 
+/* The fast path's reference to a connection's table, which it holds while the
+ * connection is open (the server's table of connections holds it as long). */
+void lnp_drop_direct(box *b) {
+  if (b->direct_ref == LUA_NOREF || b->x->L == NULL) return;
+  luaL_unref(b->x->L, LUA_REGISTRYINDEX, b->direct_ref);
+  b->direct_ref = LUA_NOREF;
+}
+
 static void ev_closed(np_conn *c, const char *code, const char *reason) {
   box *b = np_conn_data(c);
   if (!b) return;
+  lnp_drop_direct(b);
   b->peer_kept = np_conn_peer(c, &b->cred) == 0;
   b->session = np_conn_peer_session(c);
   lua_State *L = event_begin(b, EV_CLOSED);
@@ -170,6 +186,8 @@ const np_events lnp_engine_events = {ev_accept,  ev_frame,   ev_closed,   ev_con
 
 /* ---- module functions ---- */
 
+/* core.init(events[, shared]): the Lua functions of the events, and sched.lua's shared
+ * state for the fast path (lnpipe_fast.c). */
 static int l_init(lua_State *L) {
   ctx *x = lnp_ctx(L);
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -178,6 +196,13 @@ static int l_init(lua_State *L) {
     luaL_argcheck(L, lua_isfunction(L, -1), 1, event_names[i]);
     luaL_unref(L, LUA_REGISTRYINDEX, x->refs[i]);
     x->refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  luaL_unref(L, LUA_REGISTRYINDEX, x->fast);
+  x->fast = LUA_NOREF;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_pushvalue(L, 2);
+    x->fast = luaL_ref(L, LUA_REGISTRYINDEX);
   }
   return 0;
 }
@@ -353,6 +378,12 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
+/* The loop's clock in seconds: what conn:last_active() is measured in. */
+static int l_loop_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)uv_now(lnp_ctx(L)->loop) / 1000);
+  return 1;
+}
+
 static int l_session_id(lua_State *L) {
   lua_pushinteger(L, np_platform_session_id());
   return 1;
@@ -389,6 +420,7 @@ void lnp_let_go_of_host_loop(ctx *x) {
 static int ctx_gc(lua_State *L) {
   ctx *x = lua_touserdata(L, 1);
   if (x->closed) return 0;
+  lnp_pool_free(x);
   if (x->shared) {
     lnp_let_go_of_host_loop(x);
     return 0;
@@ -425,6 +457,7 @@ static void create_ctx(lua_State *L) {
   ctx *x = lua_newuserdata(L, sizeof *x);
   memset(x, 0, sizeof *x);
   for (int i = 0; i < EV_COUNT; i++) x->refs[i] = LUA_NOREF;
+  x->fast = LUA_NOREF;
   x->loop = &x->own;
   if (uv_loop_init(&x->own) != 0) luaL_error(L, "npipe: cannot create an event loop");
   x->engine = np_engine_new(&x->own, &lnp_engine_events);
@@ -436,6 +469,10 @@ static void create_ctx(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, CTX_KEY);
   x->objects = weak_table(L);
   x->bound = weak_table(L);
+  lua_pushliteral(L, "_jobs");
+  x->jobs_key = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  x->pool_anchor = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 static const luaL_Reg module_functions[] = {
@@ -445,7 +482,8 @@ static const luaL_Reg module_functions[] = {
     {"pid", l_pid},             {"backend_fd", l_backend_fd},
     {"backend_timeout", l_backend_timeout}, {"open_fd", l_open_fd}, {"probe", l_probe},
     {"scandir", l_scandir},     {"signal", lnp_signal},     {"share", lnp_share},
-    {NULL, NULL}};
+    {"fast_write", lnp_fast_write}, {"loop_now", l_loop_now},
+    {"plain_give", lnp_plain_give}, {NULL, NULL}};
 
 int luaopen_npipe_core(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, CTX_KEY);
@@ -457,5 +495,7 @@ int luaopen_npipe_core(lua_State *L) {
   luaL_newlib(L, module_functions);
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "version");
+  lnp_fast_push_done(L);
+  lua_setfield(L, -2, "DONE");
   return 1;
 }

@@ -46,6 +46,11 @@ typedef struct ctx {
   int shared;
   host_pcall pcall; /* on luv's loop: luv's way of calling back into Lua */
   lhandle *handles;
+  int fast;         /* sched.lua's shared state S (lnpipe_fast.c), or LUA_NOREF */
+  int jobs_key;     /* the string "_jobs": a connection's job queue field in sched.lua */
+  /* the fast path's idle plain coroutines: lnpipe_fast.c */
+  lua_State **pool;
+  int npool, pool_cap, pool_anchor;
 } ctx;
 
 /* How events find the Lua object that stands for a box. */
@@ -63,6 +68,13 @@ typedef struct box {
   np_cred cred;
   long session;
   int peer_kept;
+  /* connections: its server's box; the Lua table while the fast path may run its
+   * frames (LUA_NOREF otherwise); when it last was accepted or got a frame (loop ms) */
+  struct box *server;
+  int direct_ref;
+  uint64_t last_active;
+  /* servers: the data handler the fast path runs (LUA_NOREF: none) */
+  int data_ref;
 } box;
 
 /* Events arrive on whichever Lua thread called into C; remember it for the call. */
@@ -95,6 +107,16 @@ int lnp_timer(lua_State *L);  /* core.timer() */
 int lnp_signal(lua_State *L); /* core.signal(name) */
 void lnp_handles_close_all(ctx *x);
 void lnp_handles_open(lua_State *L); /* creates the metatables of timers and signals */
+
+/* ---- lnpipe_fast.c ---- */
+
+/* Runs the frame's data handler straight from C when nothing stands in the way: 1, or 0
+ * with nothing done (the Lua path then delivers it). */
+int lnp_fast_frame(box *b, const char *data, size_t len);
+int lnp_fast_write(lua_State *L); /* core.fast_write(slow, drain): the C conn:write, or nil */
+void lnp_fast_push_done(lua_State *L); /* core.DONE */
+int lnp_plain_give(lua_State *L);      /* core.plain_give(co) */
+void lnp_pool_free(ctx *x);
 
 /* ---- lnpipe_share.c ---- */
 

@@ -38,6 +38,20 @@ static int server_stats(lua_State *L) {
   return 1;
 }
 
+/* set_data(fn or nil): the data handler the fast path runs for this server's
+ * connections (lnpipe_fast.c). */
+static int server_set_data(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, SERVER_MT);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_unref(L, LUA_REGISTRYINDEX, b->data_ref);
+  b->data_ref = LUA_NOREF;
+  if (lua_isfunction(L, 2)) {
+    lua_pushvalue(L, 2);
+    b->data_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  return 0;
+}
+
 static int server_is_open(lua_State *L) {
   box *b = luaL_checkudata(L, 1, SERVER_MT);
   lua_pushboolean(L, b->p != NULL);
@@ -153,6 +167,25 @@ static int conn_peer(lua_State *L) {
   return 6;
 }
 
+/* direct(): the connection is admitted; the fast path may run its frames' data handler
+ * (it holds the bound table until the connection closes). */
+static int conn_direct(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  if (b->p == NULL || b->direct_ref != LUA_NOREF || b->server == NULL) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->x->bound);
+  lua_rawgetp(L, -1, b);
+  if (lua_istable(L, -1)) b->direct_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+/* When the connection was accepted or last got a frame, in seconds of the loop's clock
+ * (core.loop_now()). */
+static int conn_last_active(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  lua_pushnumber(L, (lua_Number)b->last_active / 1000);
+  return 1;
+}
+
 static int conn_id(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)np_conn_id(open_conn(L)));
   return 1;
@@ -161,12 +194,13 @@ static int conn_id(lua_State *L) {
 void lnp_objects_open(lua_State *L) {
   static const luaL_Reg server_methods[] = {
       {"close", server_close}, {"path", server_path}, {"stats", server_stats},
-      {"is_open", server_is_open}, {NULL, NULL}};
+      {"is_open", server_is_open}, {"set_data", server_set_data}, {NULL, NULL}};
   static const luaL_Reg conn_methods[] = {
       {"write", conn_write},   {"disconnect", conn_disconnect}, {"flush", conn_flush},
       {"flush_cancel", conn_flush_cancel},
       {"hold", conn_hold},     {"queued", conn_queued},         {"is_open", conn_is_open},
-      {"peer", conn_peer},     {"id", conn_id},                 {NULL, NULL}};
+      {"peer", conn_peer},     {"id", conn_id},                 {"direct", conn_direct},
+      {"last_active", conn_last_active}, {NULL, NULL}};
   lnp_new_metatable(L, SERVER_MT, server_methods, server_close);
   lnp_new_metatable(L, CONN_MT, conn_methods, conn_gc);
 }

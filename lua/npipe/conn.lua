@@ -119,23 +119,30 @@ local function forget(list, w)
   for i = #list, 1, -1 do if list[i] == w then table.remove(list, i) end end
 end
 
+-- A write went over high_water: wait until the peer has read enough (backpressure,
+-- instead of queueing without bound). The data is queued already: if the connection
+-- ends meanwhile, the close accounts for it (delivered, or counted in undelivered()),
+-- so the write still succeeded.
+local function drain(conn)
+  local w = waiter()
+  local d = conn._drainers
+  if not d then d = {}; conn._drainers = d end
+  d[#d + 1] = w
+  wait(w)
+  return true
+end
+
 --- Queues data to the peer (framed as one line or message in those framings).
 function Conn:write(data)
   if self._closed or self._ending then return closed_error(self) end
   local over, err, code = self._c:write(data) -- raises for a non-string, as Lua's own write does
   if over == nil then return nil, err, code end
-  if over then
-    -- backpressure: wait until the peer has read enough, instead of queueing without bound
-    local w = waiter()
-    local d = self._drainers
-    if not d then d = {}; self._drainers = d end
-    d[#d + 1] = w
-    -- Queued already: if the connection ends meanwhile, the close accounts for it
-    -- (delivered, or counted in undelivered()), so the write still succeeded.
-    wait(w)
-  end
+  if over then return drain(self) end
   return true
 end
+-- The same in C on Lua 5.3+ (src/lnpipe_fast.c), which calls the function above for
+-- anything but an open connection, a string and room under high_water.
+Conn.write = core.fast_write(Conn.write, drain) or Conn.write
 
 --- Reads one chunk, line or message; nil, "EOF" once the peer ended its input (server
 -- side), nil, "closed" at the end; nil, "timeout".

@@ -14,20 +14,32 @@ local select = select
 
 local sched = {}
 
-local DONE, WAIT = {}, {} -- what a worker yields: its job ended, or it waits
+-- What a worker yields: its job ended (a light userdata, so that the C fast path can
+-- recognise it without a lookup), or it waits.
+local DONE, WAIT = core.DONE, {}
 local is_worker = setmetatable({}, { __mode = "k" })
 local owner_of = setmetatable({}, { __mode = "k" }) -- waiting worker -> the owner of its job
 local parked = setmetatable({}, { __mode = "k" })   -- waiting worker -> the waiter it waits on
 local pool, npool = {}, 0
+-- The C fast path (src/lnpipe_fast.c) runs a handler in a plain coroutine of its own
+-- instead: the handler is its body, so the job ends when the coroutine does ("dead",
+-- where a worker yields DONE). One that waited comes back here, and its end goes back
+-- to C's pool (core.plain_give).
+local plain_give = core.plain_give
+-- State that the C fast path reads and writes too, so it lives in a table of integer
+-- slots rather than in locals. The slot numbers are S_* there.
+local S = {}
+local CURRENT, RUNNABLE = 1, 2 -- and 5 .. 8 at the end: REGISTER, AFTER, ENDED, PUMP
+S[RUNNABLE] = false
 -- Waiters whose coroutine can go on, and owners with jobs that could not start
 -- where they were queued. Two buffers each, swapped by pump, so pumping allocates nothing.
 local ready, nready, ready_spare = {}, 0, {}
 local pending, npending, pending_spare = {}, 0, {}
 local spawned, nspawned = {}, 0 -- npipe.spawn from inside a job: {fn, a, b, c}, started by pump
 local in_loop = 0
--- The worker being resumed now: nil at top level. Cheaper than coroutine.running()
--- on every event; wait() still asks coroutine.running() to know whom to suspend.
-local current = nil
+-- S[CURRENT]: the worker being resumed now, nil at top level. Cheaper than
+-- coroutine.running() on every event; wait() still asks coroutine.running() to know
+-- whom to suspend. S[RUNNABLE]: something may have become runnable since the last pump.
 
 local function pack(...)
   return { n = select("#", ...), ... }
@@ -41,6 +53,12 @@ local function worker(fn, a, b, c)
     fn(a, b, c)
     fn, a, b, c = coroutine_yield(DONE)
   end
+end
+
+local function new_worker()
+  local co = coroutine_create(worker)
+  is_worker[co] = true
+  return co
 end
 
 -- An error value as text, whatever it is: tostring runs a __tostring metamethod, which may
@@ -62,7 +80,7 @@ sched.report = report
 ---- job queues ----
 
 -- Each owner (a connection) runs its jobs one at a time, in the order they came. While
--- a job runs to its end without waiting, `current` already makes every submit queue, so
+-- a job runs to its end without waiting, S[CURRENT] already makes every submit queue, so
 -- a queue record is needed only while a job waits or jobs wait behind one: then sched
 -- keeps it in owner._jobs (the one field of an owner that sched uses), and drops it
 -- when the owner is idle again, so an idle connection costs nothing here. The record:
@@ -149,6 +167,7 @@ end
 local function add_pending(owner)
   npending = npending + 1
   pending[npending] = owner
+  S[RUNNABLE] = true
 end
 
 --- Queues a job behind the others without starting it now, even where sched.submit would.
@@ -172,6 +191,9 @@ local function finish(co, owner, ok, tag)
     npool = npool + 1
     pool[npool] = co
     if owner then job_over(owner) end
+  elseif ok and coroutine_status(co) == "dead" then -- a plain coroutine's job ended
+    plain_give(co)
+    if owner then job_over(owner) end
   elseif not ok then
     is_worker[co] = nil
     local err = traceback(co, tag)
@@ -189,10 +211,10 @@ local function finish(co, owner, ok, tag)
 end
 
 local function step(co, owner, ...)
-  local prev = current
-  current = co
+  local prev = S[CURRENT]
+  S[CURRENT] = co
   local ok, tag = coroutine_resume(co, ...)
-  current = prev
+  S[CURRENT] = prev
   finish(co, owner, ok, tag)
 end
 
@@ -203,22 +225,13 @@ local function start(owner, fn, a, b, c)
     pool[npool] = nil
     npool = npool - 1
   else
-    co = coroutine_create(worker)
-    is_worker[co] = true
+    co = new_worker()
   end
-  local prev = current
-  current = co
+  local prev = S[CURRENT]
+  S[CURRENT] = co
   local ok, tag = coroutine_resume(co, fn, a, b, c)
-  current = prev
-  -- The common case (the job ran to its end), inline: calling finish() here instead costs
-  -- about 4.7% more instructions per round trip (callgrind, bench/prof/profile.sh 3 16).
-  if ok and tag == DONE then
-    npool = npool + 1
-    pool[npool] = co
-    if owner and owner._jobs then job_over(owner) end
-  else
-    finish(co, owner, ok, tag)
-  end
+  S[CURRENT] = prev
+  finish(co, owner, ok, tag)
 end
 
 -- Runs an owner's jobs one after another until one waits or none is left.
@@ -232,7 +245,7 @@ end
 
 --- Queues a job for owner; starts it now when that is safe.
 function sched.submit(owner, fn, a, b, c)
-  if owner._jobs or current then
+  if owner._jobs or S[CURRENT] then
     enqueue(owner, { fn, a, b, c })
     if not owner._jobs.busy then add_pending(owner) end
   else
@@ -246,6 +259,7 @@ local function pump()
   if pumping then return end
   pumping = true
   while nready > 0 or npending > 0 or nspawned > 0 do
+    S[RUNNABLE] = false
     local r, nr = ready, nready
     ready, nready, ready_spare = ready_spare, 0, r
     local p, np = pending, npending
@@ -272,24 +286,38 @@ local function pump()
     spawned, nspawned = {}, 0 -- rare: not worth a spare buffer
     for i = 1, ns do start(nil, sp[i][1], sp[i][2], sp[i][3], sp[i][4]) end
   end
+  S[RUNNABLE] = false
   pumping = false
 end
 sched.pump = pump
 
 -- Lets what became runnable go on, unless a job runs (it is let go on when that ends).
 local function settle()
-  if current == nil and (nready > 0 or npending > 0 or nspawned > 0) then pump() end
+  if S[CURRENT] == nil and S[RUNNABLE] then pump() end
 end
 
---- What the engine calls for an event (core.init): fn(...), then settle(), inlined:
--- the frame event is on the per-message path, and this way it costs no call more than
--- a handler that called settle itself. The engine passes at most five arguments.
+--- What the engine calls for an event (core.init): fn(...), then settle(). The engine
+-- passes at most five arguments.
 function sched.event(fn)
   return function(a, b, c, d, e)
     fn(a, b, c, d, e)
-    if current == nil and (nready > 0 or npending > 0 or nspawned > 0) then pump() end
+    if S[CURRENT] == nil and S[RUNNABLE] then pump() end
   end
 end
+
+-- For the C fast path (core.init's second argument), which starts jobs in plain
+-- coroutines of its own:
+S[5] = function(co) is_worker[co] = true end -- a new one
+S[6] = function(co, owner, ok, tag) -- its job waits or raised
+  finish(co, owner, ok, tag)
+  settle()
+end
+S[7] = function(owner) -- its job ended, and something became runnable meanwhile
+  job_over(owner)
+  settle()
+end
+S[8] = pump
+sched.shared = S
 
 ---- waiting ----
 
@@ -304,6 +332,7 @@ function sched.wake(w, ...)
   if w.co then
     nready = nready + 1
     ready[nready] = w
+    S[RUNNABLE] = true
   end
 end
 local wake = sched.wake
@@ -411,9 +440,10 @@ function sched.spawn(fn, ...)
     return sched.spawn(function() fn(unpack(args, 1, args.n)) end)
   end
   local a, b, c = ...
-  if current then
+  if S[CURRENT] then
     nspawned = nspawned + 1
     spawned[nspawned] = { fn, a, b, c }
+    S[RUNNABLE] = true
   else
     start(nil, fn, a, b, c)
   end
@@ -421,7 +451,7 @@ end
 
 function sched.run(mode)
   if on_host_loop then error("npipe.run: npipe runs on the host's luv loop; the host runs it", 2) end
-  if current then error("npipe.run: cannot run the loop from inside a handler", 2) end
+  if S[CURRENT] then error("npipe.run: cannot run the loop from inside a handler", 2) end
   if in_loop > 0 then error("npipe.run: the loop is already running", 2) end
   in_loop = in_loop + 1
   pump()
@@ -439,6 +469,6 @@ function sched.stop()
 end
 
 -- Whether npipe's own loop is being run now (npipe.run, a wait) or a job is running.
-function sched.busy() return in_loop > 0 or current ~= nil end
+function sched.busy() return in_loop > 0 or S[CURRENT] ~= nil end
 
 return sched

@@ -41,10 +41,9 @@ function Server:stats()
 end
 
 function Server:_sweep_idle()
-  local limit = core.now() - self._idle
-  local last = self._last
+  local limit = core.loop_now() - self._idle
   for conn in pairs(self._conns) do
-    if last[conn] < limit and conns.quiet(conn) then
+    if conn._c:last_active() < limit and conns.quiet(conn) then
       conn:_end_now("idle timeout", "ETIMEDOUT")
     end
   end
@@ -191,9 +190,9 @@ function M.listen(name, opts, handlers)
                                 _dropped_bytes = 0, _dropped_msgs = 0,
                                 _rejected = 0, name = name }, Server)
   core.bind(c, server)
+  c:set_data(h.data)
   live_servers[server] = true
   if o.idle_timeout then
-    server._last = setmetatable({}, { __mode = "k" }) -- connection -> when it last accepted or got a frame
     server._stop_idle = sched.every(math.max(0.01, o.idle_timeout / 4), function()
       server:_sweep_idle()
     end)
@@ -246,16 +245,15 @@ function events.accept(server, c)
   local conn = conns.new(c, server, server._high_water, server._framing)
   if not admit(server, conn) then return end
   server._conns[conn] = true
-  if server._idle then server._last[conn] = core.now() end
+  c:direct() -- admitted: its frames may take the C fast path (src/lnpipe_fast.c)
   local on_connect = server._handlers.connect
   if on_connect then submit(conn, on_connect, conn) end
 end
 
--- The per-message path: keep it free of calls and tables that are not needed.
+-- A frame the C fast path did not deliver itself (src/lnpipe_fast.c says when).
 function events.frame(conn, msg)
   local server = conn._server
   local on_data = server and server._on_data
-  if server and server._idle then server._last[conn] = core.now() end
   if on_data then
     submit(conn, on_data, conn, msg)
   else
@@ -307,6 +305,6 @@ function events.signal(sig)
 end
 
 for name, fn in pairs(events) do events[name] = sched.event(fn) end
-core.init(events)
+core.init(events, sched.shared)
 
 return M
