@@ -43,7 +43,7 @@ box *lnp_new_box(lua_State *L, ctx *x, void *p, const char *mt, box_kind kind) {
   b->x = x;
   b->p = p;
   b->kind = kind;
-  b->direct_ref = b->data_ref = LUA_NOREF;
+  b->ref = b->data_ref = LUA_NOREF;
   luaL_setmetatable(L, mt);
   if (kind == BOX_SELF) { /* BOX_BOUND: through core.bind */
     lua_rawgeti(L, LUA_REGISTRYINDEX, x->objects);
@@ -58,6 +58,10 @@ box *lnp_new_box(lua_State *L, ctx *x, void *p, const char *mt, box_kind kind) {
  * the table bound to it by core.bind (the object user code sees; an event for one that
  * Lua has let go is dropped), for timers and signals the userdata itself. */
 static int push_box(lua_State *L, box *b) {
+  if (b->ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, b->ref);
+    return 1;
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->kind == BOX_SELF ? b->x->objects : b->x->bound);
   lua_rawgetp(L, -1, b);
   lua_remove(L, -2);
@@ -113,6 +117,7 @@ static void ev_accept(np_server *s, np_conn *c) {
     return;
   }
   box *b = lnp_new_box(L, sb->x, c, CONN_MT, BOX_BOUND);
+  b->id = np_conn_id(c);
   b->server = sb;
   b->last_active = uv_now(sb->x->loop);
   np_conn_set_data(c, b);
@@ -130,18 +135,19 @@ static void ev_frame(np_conn *c, const char *data, size_t len) {
   event_call(b, EV_FRAME, 1);
 }
 
-/* The fast path's reference to a connection's table, which it holds while the
- * connection is open (the server's table of connections holds it as long). */
-void lnp_drop_direct(box *b) {
-  if (b->direct_ref == LUA_NOREF || b->x->L == NULL) return;
-  luaL_unref(b->x->L, LUA_REGISTRYINDEX, b->direct_ref);
-  b->direct_ref = LUA_NOREF;
+/* After its closed event, a server's connection is its Lua table's own again: the
+ * table goes when nothing else holds it. */
+static void let_go(box *b, lua_State *L) {
+  b->direct = 0;
+  if (b->ref == LUA_NOREF) return;
+  luaL_unref(L, LUA_REGISTRYINDEX, b->ref);
+  b->ref = LUA_NOREF;
 }
 
 static void ev_closed(np_conn *c, const char *code, const char *reason) {
   box *b = np_conn_data(c);
   if (!b) return;
-  lnp_drop_direct(b);
+  b->direct = 0;
   b->peer_kept = np_conn_peer(c, &b->cred) == 0;
   b->session = np_conn_peer_session(c);
   lua_State *L = event_begin(b, EV_CLOSED);
@@ -153,6 +159,7 @@ static void ev_closed(np_conn *c, const char *code, const char *reason) {
   lua_pushinteger(L, (lua_Integer)bytes);
   lua_pushinteger(L, (lua_Integer)msgs);
   event_call(b, EV_CLOSED, 4);
+  let_go(b, L);
 }
 
 static void ev_connected(np_conn *c, int status) {
@@ -271,7 +278,9 @@ static void check_client_opts(lua_State *L, np_conn_opts *o) {
  * message, code. */
 static int conn_result(lua_State *L, ctx *x, int rc, np_conn *c) {
   if (rc < 0) return lnp_push_error(L, rc, NULL);
-  np_conn_set_data(c, lnp_new_box(L, x, c, CONN_MT, BOX_BOUND));
+  box *b = lnp_new_box(L, x, c, CONN_MT, BOX_BOUND);
+  b->id = np_conn_id(c);
+  np_conn_set_data(c, b);
   return 1;
 }
 
@@ -287,13 +296,20 @@ static int l_connect(lua_State *L) {
 }
 
 /* Binds a Lua table to a core object: events then carry the table. The table holds
- * the userdata; both go when user code lets go of the table. */
+ * the userdata; both go when user code lets go of the table. A server's connection
+ * is held until it closes (its server's table of connections holds it as long), by a
+ * registry reference, which costs less than an entry of the weak table. */
 static int l_bind(lua_State *L) {
   ctx *x = lnp_ctx(L);
   box *b = lua_touserdata(L, 1);
   luaL_argcheck(L, b != NULL && lua_getmetatable(L, 1), 1, "npipe object expected");
   lua_pop(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
+  if (b->server != NULL && b->p != NULL && b->ref == LUA_NOREF) {
+    lua_pushvalue(L, 2);
+    b->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, x->bound);
   lua_pushvalue(L, 2);
   lua_rawsetp(L, -2, b);

@@ -68,10 +68,14 @@ typedef struct box {
   np_cred cred;
   long session;
   int peer_kept;
-  /* connections: its server's box; the Lua table while the fast path may run its
-   * frames (LUA_NOREF otherwise); when it last was accepted or got a frame (loop ms) */
+  /* connections: its id; its server's box (NULL for a client's end); a server's
+   * connection's Lua table, held from core.bind until its closed event (LUA_NOREF
+   * otherwise: x->bound has it); whether the fast path may run its frames' handler
+   * (lnpipe_fast.c); when it last was accepted or got a frame (loop ms) */
+  uint64_t id;
   struct box *server;
-  int direct_ref;
+  int ref;
+  int direct;
   uint64_t last_active;
   /* servers: the data handler the fast path runs (LUA_NOREF: none) */
   int data_ref;

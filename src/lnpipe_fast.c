@@ -143,12 +143,12 @@ int lnp_fast_frame(box *b, const char *data, size_t len) {
   ctx *x = b->x;
   lua_State *L = x->L;
   box *sb = b->server;
-  if (L == NULL || x->closed || x->pcall || x->fast == LUA_NOREF || b->direct_ref == LUA_NOREF || sb == NULL ||
+  if (L == NULL || x->closed || x->pcall || x->fast == LUA_NOREF || !b->direct || sb == NULL ||
       sb->data_ref == LUA_NOREF || !lua_checkstack(L, 12))
     return 0;
   int top = lua_gettop(L), s = top + 1, conn = top + 2;
   lua_rawgeti(L, LUA_REGISTRYINDEX, x->fast);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->direct_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, x->jobs_key);
   /* no job runs now, and none of this connection's waits or is queued */
   int idle = lua_rawget(L, conn) == LUA_TNIL && lua_rawgeti(L, s, S_CURRENT) == LUA_TNIL;

@@ -60,10 +60,6 @@ static int server_is_open(lua_State *L) {
 
 /* ---- connection ---- */
 
-static np_conn *open_conn(lua_State *L) {
-  np_conn *c = lnp_check_open(L, 1, CONN_MT, "connection");
-  return c;
-}
 
 /* true when the write queue is now over high_water (wait for drained), else false. */
 static int conn_write(lua_State *L) {
@@ -167,14 +163,10 @@ static int conn_peer(lua_State *L) {
   return 6;
 }
 
-/* direct(): the connection is admitted; the fast path may run its frames' data handler
- * (it holds the bound table until the connection closes). */
+/* direct(): the connection is admitted; the fast path may run its frames' data handler. */
 static int conn_direct(lua_State *L) {
   box *b = luaL_checkudata(L, 1, CONN_MT);
-  if (b->p == NULL || b->direct_ref != LUA_NOREF || b->server == NULL) return 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->x->bound);
-  lua_rawgetp(L, -1, b);
-  if (lua_istable(L, -1)) b->direct_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  b->direct = b->p != NULL && b->ref != LUA_NOREF;
   return 0;
 }
 
@@ -187,7 +179,8 @@ static int conn_last_active(lua_State *L) {
 }
 
 static int conn_id(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)np_conn_id(open_conn(L)));
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  lua_pushinteger(L, (lua_Integer)b->id);
   return 1;
 }
 

@@ -31,7 +31,7 @@ local function job_failed(conn, err)
   if on_error then
     sched.enqueue(conn, on_error, conn, err)
   else
-    sched.report(("handler error on connection #%d"):format(conn._id), err)
+    sched.report(("handler error on connection #%d"):format(conn:id()), err)
   end
   local first = sched.describe(err):match("^[^\n]*")
   conn:_end_now("handler error: " .. first, "EHANDLER") -- its disconnect handler queues after
@@ -49,15 +49,23 @@ sched.job_hooks({
 -- A connection on the core object c: accepted by server, or this process's own end (a
 -- client) when server is nil. npipe.server submits the handlers of its events for it to
 -- npipe.sched, which runs a connection's jobs one at a time, in order.
+-- An idle connection costs its fields: a server's connection keeps only what is its
+-- own, and finds its options on its server.
 function M.new(c, server, high_water, framing)
-  local conn = setmetatable({ _c = c, _id = c:id(), _server = server, _client = not server, state = {},
-                              _high_water = high_water, _framing = framing }, Conn)
+  local conn
+  if server then
+    conn = setmetatable({ _c = c, _server = server, state = {} }, Conn)
+  else
+    conn = setmetatable({ _c = c, _client = true, state = {}, _high_water = high_water, _framing = framing }, Conn)
+  end
   core.bind(c, conn)
   return conn
 end
 
+local function high_water(conn) return conn._high_water or conn._server._high_water end
+
 function Conn:__tostring()
-  return ("npipe.conn(#%d%s)"):format(self._id, self._closed and ", closed" or "")
+  return ("npipe.conn(#%d%s)"):format(self:id(), self._closed and ", closed" or "")
 end
 
 Conn.__close = function(self) self:disconnect() end
@@ -89,7 +97,7 @@ function M.keep(conn, msg)
   box.tail = box.tail + 1
   box[box.tail] = msg
   box.bytes = box.bytes + #msg
-  if (box.tail - box.head + 1 >= INBOX_PAUSE or box.bytes >= conn._high_water) and not conn._inbox_held then
+  if (box.tail - box.head + 1 >= INBOX_PAUSE or box.bytes >= high_water(conn)) and not conn._inbox_held then
     conn._inbox_held = true
     conn._c:hold("inbox", true)
   end
@@ -102,7 +110,7 @@ local function inbox_pop(conn)
   box[box.head] = nil
   box.head = box.head + 1
   box.bytes = box.bytes - #msg
-  if conn._inbox_held and box.tail - box.head + 1 <= INBOX_RESUME and box.bytes < conn._high_water / 2 then
+  if conn._inbox_held and box.tail - box.head + 1 <= INBOX_RESUME and box.bytes < high_water(conn) / 2 then
     conn._inbox_held = false
     conn._c:hold("inbox", false) -- kept frames may arrive at once, behind msg
   end
@@ -216,9 +224,9 @@ function Conn:queued() return self._c:queued() end
 --- What npipe could not deliver when the connection closed: bytes, messages.
 function Conn:undelivered() return self._lost_bytes or 0, self._lost_msgs or 0 end
 function Conn:closed_reason() return self._closed, self._code end
-function Conn:id() return self._id end
+function Conn:id() return self._c:id() end
 function Conn:server() return self._server end
-function Conn:framing() return self._framing end
+function Conn:framing() return self._framing or self._server._framing end
 
 ---- identity ----
 
