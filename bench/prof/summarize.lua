@@ -60,6 +60,11 @@ local function per(n) return ops and ops > 0 and ("%8.0f"):format(n / ops) or ""
 print(("total: %s instructions%s"):format(total,
   ops and ops > 0 and (" for %d round trips = %.0f instructions per round trip (user space only)"):format(ops, total / ops) or ""))
 print(("start-up and the enclosing call chain down to uv_run (main, npipe.run, pcall, ...): %s of the total is under uv_run"):format(pct(uv_run)))
+-- What the issue's target is about: the cost of a round trip once running, which does not
+-- depend on how many round trips a loaded machine let the run make (start-up does).
+if ops and ops > 0 then
+  print(("under uv_run (start-up excluded): %.0f instructions per round trip"):format(uv_run / ops))
+end
 local function print_top(title, rows)
   print("")
   print(title)
