@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Instruction profile of the npipe echo server under a short pingpong load (callgrind).
-#   bash bench/prof/profile.sh [SECONDS=3] [CONNS=16] [FRAMING=bytes]
+#   bash bench/prof/profile.sh [SECONDS=3] [CONNS=16] [FRAMING=bytes] [SERVER=npipe]
+# SERVER=luv profiles bench/servers/luv_echo.lua the same way instead (bytes framing only),
+# for the reference figure of the same machine and run.
 # perf is not usable on these VMs (`perf stat -e instructions true` says <not supported>), and
 # callgrind's instruction counts repeat exactly, so they show what an engine change saves.
 # Writes bench/results/callgrind.out.npipe and prints the top 15 functions, inclusive and self.
@@ -9,7 +11,12 @@ BENCH=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=$(cd "$BENCH/.." && pwd)
 BUILD=$BENCH/build
 OUT=${BENCH_OUT:-$BENCH/results}
-SECS=${1:-3}; CONNS=${2:-16}; FRAMING=${3:-bytes}
+SECS=${1:-3}; CONNS=${2:-16}; FRAMING=${3:-bytes}; SERVER=${4:-npipe}
+case $SERVER in
+  npipe) SCRIPT=$BENCH/servers/npipe_echo.lua ;;
+  luv) SCRIPT=$BENCH/servers/luv_echo.lua; FRAMING=bytes ;;
+  *) echo "SERVER must be npipe or luv" >&2; exit 2 ;;
+esac
 mkdir -p "$OUT"
 
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
@@ -29,7 +36,7 @@ cc -O2 -g $(pkg-config --cflags lua5.4 libuv) -o "$BUILD/luahost" "$BENCH/prof/l
 
 SOCKDIR=$(mktemp -d /tmp/npipe-prof.XXXXXX)
 SOCK=$SOCKDIR/npipe.sock
-CG=$OUT/callgrind.out.npipe
+CG=$OUT/callgrind.out.$SERVER
 SPID=""
 cleanup() {
   if [ -n "$SPID" ] && kill -0 "$SPID" 2>/dev/null; then kill -KILL "$SPID" 2>/dev/null || true; fi
@@ -38,13 +45,13 @@ cleanup() {
 trap cleanup EXIT
 
 taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$CG" --dump-instr=no --separate-recs=8 \
-  "$BUILD/luahost" "$BENCH/servers/npipe_echo.lua" "$SOCK" "$FRAMING" 2>"$OUT/callgrind.log" &
+  "$BUILD/luahost" "$SCRIPT" "$SOCK" "$FRAMING" 2>"$OUT/callgrind.log" &
 SPID=$!
 for _ in $(seq 300); do [ -S "$SOCK" ] && break; kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
 [ -S "$SOCK" ] || { echo "server did not start under valgrind; see $OUT/callgrind.log" >&2; exit 1; }
 # (no callgrind_control -z: zeroing inside the running loop breaks inclusive costs; start-up is a few %)
 LINE=$(timeout 120 taskset -c 0 "$BUILD/loadgen" --path "$SOCK" --pid "$SPID" --mode pingpong --conns "$CONNS" \
-  --size 64 --framing "$FRAMING" --seconds "$SECS" --warmup 0 --tag "server=npipe-under-callgrind") || true
+  --size 64 --framing "$FRAMING" --seconds "$SECS" --warmup 0 --tag "server=$SERVER-under-callgrind") || true
 echo "$LINE"
 OPS=$(sed -n 's/.* ops=\([0-9]*\).*/\1/p' <<<"$LINE")
 kill -TERM "$SPID"
@@ -55,6 +62,7 @@ SPID=""
 echo
 echo "== callgrind (C level; counts include start-up, about 6 M instructions)"
 lua5.4 "$BENCH/prof/summarize.lua" "$CG" "${OPS:-0}"
+[ "$SERVER" = npipe ] || exit 0
 
 # Lua level: which Lua functions run the VM instructions (a count hook; a plain lua5.4 run)
 rm -f "$SOCK"
