@@ -51,7 +51,12 @@ describe("portable", function()
     it("echoes in message framing, including empty and 64 KiB messages", function()
       local _, pipe = echo_server("message")
       local c = assert(npipe.connect(pipe, { framing = "message" }))
-      for _, msg in ipairs({ "one", "", ("x"):rep(65536), "two\nlines" }) do
+      -- Windows: a message-type pipe, read through libuv 1.44, whose zero-byte read
+      -- (its wait for input) may take an empty message: npipe cannot promise to read one
+      -- there (docs/API.md, message framing).
+      local msgs = { "one", "", ("x"):rep(65536), "two\nlines" }
+      if WINDOWS then table.remove(msgs, 2) end
+      for _, msg in ipairs(msgs) do
         assert(c:write(msg))
         assert.are.equal(msg, c:read(5))
       end

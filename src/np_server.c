@@ -1,6 +1,6 @@
 /* Servers: listening (binding, or reclaiming a stale socket file), accepting (by hand
- * where the platform lets the engine, else through uv_listen), max_instances, and
- * running out of descriptors. */
+ * where the platform lets the engine, or from pipe instances the platform creates, else
+ * through uv_listen), max_instances, and running out of descriptors. */
 #include "np_internal.h"
 
 #include <stdio.h>
@@ -154,6 +154,31 @@ static void on_connection(uv_stream_t *ls, int status) {
   server_take(s, c);
 }
 
+/* A client of the platform's instances connected (Windows); fd is its instance. */
+static void on_instance(void *arg, int fd) {
+  np_server *s = arg;
+  np_conn *c = np__conn_new(s->e, &s->opts.conn);
+  if (c == NULL) {
+    uv_fs_t req;
+    uv_fs_close(s->e->loop, &req, fd, NULL); /* the client sees its pipe close */
+    uv_fs_req_cleanup(&req);
+    s->stats.rejected++;
+    return;
+  }
+  if (np_platform_instance_open(&c->pipe, fd) != 0) {
+    s->stats.rejected++;
+    np__conn_discard(c);
+    return;
+  }
+  server_take(s, c);
+}
+
+static void on_instances_closed(void *arg) { np__handle_gone(arg); }
+
+void np__server_room(np_server *s) {
+  if (s->inst) np_platform_instances_room(s->inst);
+}
+
 void np__server_conn_gone(np_server *s) {
   s->stats.active--;
   server_update(s);
@@ -197,6 +222,10 @@ static int bind_or_reclaim(np_server *s, const char *path, char *err, size_t err
 
 /* Closes what s has open besides its listener, whose close callback frees s. */
 static void server_close_handles(np_server *s) {
+  if (s->inst) {
+    np_platform_instances_close(s->inst, on_instances_closed, s->e);
+    s->inst = NULL;
+  }
   if (s->poll) {
     s->poll->data = s->e;
     uv_close((uv_handle_t *)s->poll, on_spare_handle_closed);
@@ -241,7 +270,17 @@ int np_server_listen(np_engine *e, const char *path, const np_server_opts *opts,
     free(s);
     return UV_ENOMEM;
   }
-  int rc = bind_or_reclaim(s, path, err, errlen);
+  int rc = np_platform_instances_start(e->loop, path, opts->max_instances,
+                                       opts->conn.framing == NP_FRAMING_MESSAGE, opts->sddl, on_instance,
+                                       s, &s->inst, err, errlen);
+  if (rc == 0) {
+    e->handles++; /* the instances, until on_instances_closed */
+    LIST_ADD(e->servers, s);
+    *out = s;
+    return 0;
+  }
+  if (rc != UV_ENOTSUP) return server_fail(s, rc, "cannot create pipe", err, errlen);
+  rc = bind_or_reclaim(s, path, err, errlen);
   if (rc < 0) return server_fail(s, rc, "cannot bind", err, errlen);
   s->have_fid = np_platform_file_id(path, &s->fid) == 0;
   rc = start_accepting(s);
