@@ -94,7 +94,7 @@ int np_platform_bind(uv_pipe_t *pipe, const char *path, int mode);
  * and uncounted. Where the platform can, the engine watches the listening socket itself
  * and accepts with these, so that out of descriptors it just stops watching.
  * listener_fd: the descriptor to watch for waiting clients, or UV_ENOTSUP where the
- * engine uses uv_listen instead (Windows: libuv creates the instances).
+ * platform creates the instances itself (Windows: np_platform_instances_start).
  * listen: listen(2) with this backlog; called again, it changes the backlog.
  * accept: opens client (initialised, not open) on one waiting client: 0, UV_EAGAIN when
  * none waits, or another negative uv error code (UV_EMFILE, UV_ENFILE: no descriptor for

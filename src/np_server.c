@@ -1,6 +1,6 @@
-/* Servers: listening (binding, or reclaiming a stale socket file), accepting (by hand
- * where the platform lets the engine, or from pipe instances the platform creates, else
- * through uv_listen), max_instances, and running out of descriptors. */
+/* Servers: listening (binding, or reclaiming a stale socket file), accepting (by hand on
+ * a Unix socket, or from the pipe instances the Windows platform layer creates),
+ * max_instances, and running out of descriptors. */
 #include "np_internal.h"
 
 #include <stdio.h>
@@ -37,7 +37,6 @@ static void on_spare_handle_closed(uv_handle_t *h) {
   np__handle_gone(e);
 }
 
-static void on_connection(uv_stream_t *ls, int status);
 static void on_listener_ready(uv_poll_t *p, int status, int events);
 
 static int at_capacity(const np_server *s) {
@@ -136,24 +135,6 @@ static void on_listener_ready(uv_poll_t *p, int status, int events) {
   }
 }
 
-/* uv_listen's callback, where libuv accepts (Windows). */
-static void on_connection(uv_stream_t *ls, int status) {
-  np_server *s = ls->data;
-  if (status < 0) return;
-  np_conn *c = np__conn_new(s->e, &s->opts.conn);
-  if (c == NULL) return;
-  if (uv_accept(ls, (uv_stream_t *)&c->pipe) != 0) {
-    np__conn_discard(c);
-    return;
-  }
-  if (at_capacity(s)) { /* libuv accepts every client: refuse the ones over the limit */
-    s->stats.rejected++;
-    np__conn_discard(c);
-    return;
-  }
-  server_take(s, c);
-}
-
 /* A client of the platform's instances connected (Windows); fd is its instance. */
 static void on_instance(void *arg, int fd) {
   np_server *s = arg;
@@ -185,11 +166,9 @@ void np__server_conn_gone(np_server *s) {
   wake_starved(s->e);
 }
 
-/* Starts accepting: on a poll of the socket where the platform lets the engine accept,
- * else through uv_listen. */
+/* Starts accepting on a poll of the listening socket. */
 static int start_accepting(np_server *s) {
   int fd = np_platform_listener_fd(s->listener);
-  if (fd == UV_ENOTSUP) return uv_listen((uv_stream_t *)s->listener, s->opts.backlog, on_connection);
   if (fd < 0) return fd;
   s->backlog = wanted_backlog(s);
   int rc = np_platform_listen(s->listener, s->backlog);
