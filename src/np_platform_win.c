@@ -43,7 +43,9 @@ static int is_server_end(HANDLE h) {
 
 int np_platform_probe(const char *path, np_cred *out, char *err, size_t errlen) {
   out->pid = out->uid = out->gid = -1;
-  HANDLE h = CreateFileA(path, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING, 0, NULL);
+  /* identification only: a probed server must not act as us */
+  HANDLE h = CreateFileA(path, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING,
+                         SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION, NULL);
   if (h == INVALID_HANDLE_VALUE) {
     DWORD e = GetLastError();
     if (e == ERROR_PIPE_BUSY) return 1; /* live, every instance taken */
