@@ -1,7 +1,9 @@
 -- Bad input and bad handlers: random bytes, absurd length prefixes, truncated frames,
 -- clients that never send or never read, handlers that raise everywhere or never
 -- return. The server must stay up and keep serving everyone else. Ends with the
--- bounded soak test (bench/soak.lua --short).
+-- bounded soak test (bench/soak.lua --short). Tests tagged #prefix write message
+-- framing's 4-byte length prefix themselves: on Windows a message-type pipe carries
+-- messages without it, so scripts/wine.sh leaves them out.
 local npipe = require("npipe")
 local helpers = require("helpers")
 
@@ -72,7 +74,7 @@ local function served(name, msg)
 end
 
 describe("bad input", function()
-  it("random bytes: the client is disconnected with a clear reason, others are served", function()
+  it("random bytes: the client is disconnected with a clear reason, others are served #prefix", function()
     local server, name, rec = recording_server({ framing = "message" })
     finally(function() server:close() end)
     for seed = 1, 12 do
@@ -96,7 +98,7 @@ describe("bad input", function()
     assert.are.equal("still serving", served(name, "still serving"))
   end)
 
-  it("random frames cut at random places: delivered exactly, the truncated tail is EPROTO", function()
+  it("random frames cut at random places: delivered exactly, the truncated tail is EPROTO #prefix", function()
     local server, name, rec = recording_server({ framing = "message", max_message = 300 })
     finally(function() server:close() end)
     local int, bytes = prng(42)
@@ -157,7 +159,7 @@ describe("bad input", function()
     c:disconnect()
   end)
 
-  it("a 4 GiB length prefix is refused at once with EMSGSIZE", function()
+  it("a 4 GiB length prefix is refused at once with EMSGSIZE #prefix", function()
     local server, name, rec = recording_server({ framing = "message" })
     finally(function() server:close() end)
     local raw = assert(npipe.connect(name))
@@ -176,7 +178,7 @@ describe("bad input", function()
     assert.are.equal("next", served(name, "next"))
   end)
 
-  it("half a frame, then EOF: EPROTO, end of stream inside a message", function()
+  it("half a frame, then EOF: EPROTO, end of stream inside a message #prefix", function()
     local server, name, rec = recording_server({ framing = "message" })
     finally(function() server:close() end)
     local raw = assert(npipe.connect(name))

@@ -51,7 +51,12 @@ describe("portable", function()
     it("echoes in message framing, including empty and 64 KiB messages", function()
       local _, pipe = echo_server("message")
       local c = assert(npipe.connect(pipe, { framing = "message" }))
-      for _, msg in ipairs({ "one", "", ("x"):rep(65536), "two\nlines" }) do
+      -- Windows: a message-type pipe, read through libuv 1.44, whose zero-byte read
+      -- (its wait for input) may take an empty message: npipe cannot promise to read one
+      -- there (docs/API.md, message framing).
+      local msgs = { "one", "", ("x"):rep(65536), "two\nlines" }
+      if WINDOWS then table.remove(msgs, 2) end
+      for _, msg in ipairs(msgs) do
         assert(c:write(msg))
         assert.are.equal(msg, c:read(5))
       end
@@ -202,6 +207,93 @@ describe("portable", function()
         assert.are.equal(sid, sc:session_id(), "server end " .. i)
         assert.are.equal(sid, sc:server_session_id(), "server end " .. i)
       end
+    end)
+
+    -- Windows: the user's SID, from the client's token (server side) and the server
+    -- process's token (client side). Unix has none: sid is nil there, and a check on it
+    -- fails closed.
+    local function sid_of_server(pipe)
+      local c = assert(npipe.connect(pipe, { framing = "message" }))
+      local sid = c:server_credentials().sid
+      c:disconnect()
+      return sid
+    end
+
+    it("carries the peer's user SID on Windows (nil on Unix) and allow.sids admits only those listed", function()
+      local open_pipe, only_system = name("sid-any"), name("sid-sys")
+      local seen, refused = nil, {}
+      listen(open_pipe, { framing = "message" }, {
+        connect = function(conn) seen = { sid = conn:credentials().sid } end,
+      })
+      local sid = sid_of_server(open_pipe)
+      assert.is_truthy(wait_until(function() return seen end))
+      if WINDOWS then
+        assert.matches("^S%-1%-%d+%-", sid)
+        assert.are.equal(sid, seen.sid) -- one user on both ends: this process
+      else
+        assert.is_nil(sid)
+        assert.is_nil(seen.sid)
+      end
+      local function serve(pipe, sids)
+        listen(pipe, { framing = "message", allow = { sids = sids } }, {
+          request = function(_, msg) return "re:" .. msg end,
+          reject = function(peer, why) refused[#refused + 1] = { peer = peer, why = why } end,
+        })
+      end
+      serve(only_system, { "S-1-5-18" }) -- LocalSystem: not the user these tests run as
+      local c = assert(npipe.connect(only_system, { framing = "message" }))
+      assert_closed(c)
+      assert.is_truthy(wait_until(function() return #refused == 1 end))
+      assert.are.equal(sid, refused[1].peer.sid)
+      assert.are.equal(("user SID %s not allowed"):format(sid or "unknown"), refused[1].why)
+      if WINDOWS then
+        local mine = name("sid-mine")
+        serve(mine, { "S-1-5-18", sid })
+        local ok = assert(npipe.connect(mine, { framing = "message" }))
+        assert.are.equal("re:hi", ok:transact("hi", 2))
+        ok:disconnect()
+        assert.are.equal(1, #refused)
+      end
+    end)
+
+    it("connect{expect} checks the server's pid and user SID", function()
+      local pipe = name("sid-expect")
+      listen(pipe, { framing = "message" }, { request = function(_, msg) return msg end })
+      local sid = sid_of_server(pipe)
+      if WINDOWS then
+        local c = assert(npipe.connect(pipe, { framing = "message", expect = { pid = core.pid(), sid = sid } }))
+        assert.are.equal("x", c:transact("x", 2))
+        c:disconnect()
+      end
+      local c2, err, code = npipe.connect(pipe, { framing = "message", expect = { sid = "S-1-5-18" } })
+      assert.is_nil(c2)
+      assert.are.equal("EPERM", code)
+      assert.matches(("the server's sid is %s, expected S-1-5-18"):format(sid or "unknown"), err, 1, true)
+      local c3, err3, code3 = npipe.connect(pipe, { expect = { pid = core.pid() + 100000 } })
+      assert.is_nil(c3)
+      assert.are.equal("EPERM", code3)
+      assert.matches("the server's pid is " .. core.pid(), err3, 1, true)
+    end)
+
+    it("listen{security} takes an SDDL descriptor on Windows (ignored on Unix) and refuses a bad one", function()
+      local pipe = name("sddl")
+      -- a service that admits every local user: Everyone may open the pipe
+      listen(pipe, { framing = "message", security = "D:P(A;;GA;;;WD)(A;;GA;;;SY)" }, {
+        request = function(_, msg) return "re:" .. msg end,
+      })
+      local c = assert(npipe.connect(pipe, { framing = "message" }))
+      assert.are.equal("re:1", c:transact("1", 2))
+      c:disconnect()
+      local s, err, code = npipe.listen(name("sddl-bad"), { security = "not a descriptor" }, function() end)
+      if WINDOWS then
+        assert.is_nil(s)
+        assert.are.equal("EINVAL", code)
+        assert.matches("invalid security descriptor (SDDL) 'not a descriptor'", err, 1, true)
+      else
+        assert.is_truthy(s) -- mode governs access on Unix
+        s:close()
+      end
+      assert.has_error(function() npipe.listen(name("sddl-type"), { security = 5 }, function() end) end)
     end)
 
     it("reports the other process's pid and session on each end", function()

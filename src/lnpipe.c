@@ -260,6 +260,7 @@ static int l_listen(lua_State *L) {
   o.max_instances = (int)luaL_optinteger(L, 7, 0);
   luaL_argcheck(L, o.max_instances >= 0, 7, "max_instances must not be negative");
   check_linger(L, 8, &o.conn);
+  o.sddl = luaL_optstring(L, 9, NULL);
   np_server *s;
   char err[ERR_LEN];
   int rc = np_server_listen(x->engine, path, &o, &s, err, sizeof err);

@@ -178,6 +178,17 @@ static int conn_last_active(lua_State *L) {
   return 1;
 }
 
+/* The peer's user SID (Windows), taken at connect time: a string, or nil where the OS
+ * has none (Unix) or it could not be read. */
+static int conn_peer_sid(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  np_cred cr;
+  if (b->p && np_conn_peer(b->p, &cr) == 0 && cr.sid[0]) lua_pushstring(L, cr.sid);
+  else if (!b->p && b->peer_kept && b->cred.sid[0]) lua_pushstring(L, b->cred.sid);
+  else lua_pushnil(L);
+  return 1;
+}
+
 static int conn_id(lua_State *L) {
   box *b = luaL_checkudata(L, 1, CONN_MT);
   lua_pushinteger(L, (lua_Integer)b->id);
@@ -192,8 +203,8 @@ void lnp_objects_open(lua_State *L) {
       {"write", conn_write},   {"disconnect", conn_disconnect}, {"flush", conn_flush},
       {"flush_cancel", conn_flush_cancel},
       {"hold", conn_hold},     {"queued", conn_queued},         {"is_open", conn_is_open},
-      {"peer", conn_peer},     {"id", conn_id},                 {"direct", conn_direct},
-      {"last_active", conn_last_active}, {NULL, NULL}};
+      {"peer", conn_peer},     {"peer_sid", conn_peer_sid},     {"id", conn_id},
+      {"direct", conn_direct}, {"last_active", conn_last_active}, {NULL, NULL}};
   lnp_new_metatable(L, SERVER_MT, server_methods, server_close);
   lnp_new_metatable(L, CONN_MT, conn_methods, conn_gc);
 }

@@ -52,6 +52,9 @@ void np__close_now(np_conn *c, const char *code, const char *reason, int notify)
   if (c->server && was_open) np__server_conn_gone(c->server);
   if (was_open && notify && c->e->ev.closed) c->e->ev.closed(c, code, reason);
   uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+  /* uv_close has closed the pipe handle (c lives on until on_conn_closed), so its
+   * instance is free now; the closed event may have closed the server (server NULL). */
+  if (c->server && was_open) np__server_room(c->server);
 }
 
 void np_conn_undelivered(const np_conn *c, uint64_t *bytes, uint64_t *messages) {
@@ -215,16 +218,76 @@ void np__release_input(np_conn *c) {
   np__update_reading(c);
 }
 
+/* A message-type pipe read in byte read mode: a read never goes past the message at
+ * the head of the pipe, so its end is a message's end. The read buffer keeps room
+ * before the body for the framer's headers, which on_read passes before a message's
+ * first bytes: two of them when an empty message was at the head (see native_read). */
+#define NATIVE_ROOM (2 * NP_MESSAGE_HEADER)
+
+static void native_alloc(np_conn *c, uv_buf_t *buf) {
+  char *body = c->e->readbuf + NATIVE_ROOM;
+  size_t room = READ_BUFFER_SIZE - NATIVE_ROOM;
+  c->msg_head = 0;
+  if (c->msg_left == 0) {
+    long left = np_platform_message_left(&c->pipe);
+    if (left < 0) {
+      c->msg_err = (int)left;
+      *buf = uv_buf_init(body, 0); /* libuv reports UV_ENOBUFS to on_read */
+      return;
+    }
+    c->msg_left = (size_t)left;
+    c->msg_head = 1;
+  }
+  size_t want = c->msg_left < room ? c->msg_left : room;
+  *buf = uv_buf_init(body, (unsigned)(want ? want : 1)); /* libuv takes a 0 as UV_ENOBUFS */
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   np_conn *c = h->data;
   (void)suggested;
+  if (c->native) {
+    native_alloc(c, buf);
+    return;
+  }
   buf->base = c->e->readbuf;
   buf->len = READ_BUFFER_SIZE;
 }
 
+/* An empty message at the head of the pipe cannot be read alone (libuv takes a
+ * zero-length buffer as UV_ENOBUFS), and a read in byte read mode goes on into the next
+ * message: then the bytes read start that message, whose rest PeekNamedPipe tells. */
+static void native_read(np_conn *c, size_t n, char *body) {
+  char *at = body;
+  size_t len = n;
+  if (c->msg_head) {
+    size_t total = c->msg_left;
+    if (total == 0 && n > 0) { /* an empty message, then n bytes of the next */
+      long rest = np_platform_message_left(&c->pipe);
+      total = n + (rest > 0 ? (size_t)rest : 0);
+      c->msg_left = total;
+      np_message_header(body - 2 * NP_MESSAGE_HEADER, 0);
+      at -= NP_MESSAGE_HEADER; /* the empty message's header, then this one's */
+      len += NP_MESSAGE_HEADER;
+    }
+    np_message_header(body - NP_MESSAGE_HEADER, (uint32_t)total);
+    at -= NP_MESSAGE_HEADER;
+    len += NP_MESSAGE_HEADER;
+    c->msg_head = 0;
+  }
+  c->msg_left -= n < c->msg_left ? n : c->msg_left;
+  if (c->server) c->server->stats.bytes_in += (uint64_t)n;
+  if (len == 0) return;
+  feed(c, at, len);
+  np__update_reading(c);
+}
+
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   np_conn *c = s->data;
-  if (n > 0) {
+  if (c->native && n >= 0) {
+    native_read(c, (size_t)n, buf->base);
+  } else if (c->native && n == UV_ENOBUFS && c->msg_err) {
+    np__conn_fail(c, c->msg_err, "read");
+  } else if (n > 0) {
     if (c->server) c->server->stats.bytes_in += (uint64_t)n;
     feed(c, buf->base, (size_t)n);
     np__update_reading(c); /* a hold set by a frame stops reading here */
@@ -239,6 +302,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 
 int np__conn_open(np_conn *c) {
   c->state = C_OPEN;
+  c->native = c->opts.framing == NP_FRAMING_MESSAGE && np_platform_message_pipe(&c->pipe);
   np_platform_peer_cred(&c->pipe, &c->cred);
   c->session = np_platform_peer_session(&c->pipe, &c->cred);
   LIST_ADD(c->e->conns, c);
@@ -259,10 +323,7 @@ void np_conn_resume(np_conn *c) { np_conn_hold(c, NP_HOLD_USER, 0); }
 
 /* ---- a client's end ---- */
 
-static void on_connect(uv_connect_t *req, int status) {
-  np_conn *c = req->handle->data;
-  free(req);
-  if (c->state == C_CLOSED) return; /* given up while connecting */
+static void connect_finished(np_conn *c, int status) {
   LIST_DEL(c->e->connecting, c);
   if (status == 0) status = np__conn_open(c);
   if (status < 0) {
@@ -274,6 +335,43 @@ static void on_connect(uv_connect_t *req, int status) {
   if (c->e->ev.connected) c->e->ev.connected(c, 0);
 }
 
+static void on_connect(uv_connect_t *req, int status) {
+  np_conn *c = req->handle->data;
+  free(req);
+  if (c->state == C_CLOSED) return; /* given up while connecting */
+  connect_finished(c, status);
+}
+
+/* Client ends the platform opened at once (or could not) get their connected event
+ * here, from the loop, as uv_pipe_connect's would come. An event may connect or close
+ * others, so the list is searched again after each. */
+static void on_connect_timer(uv_timer_t *t) {
+  np_engine *e = t->data;
+  for (;;) {
+    np_conn *c = e->connecting;
+    while (c && !c->connect_done) c = c->next;
+    if (c == NULL) return;
+    c->connect_done = 0;
+    connect_finished(c, c->connect_rc);
+  }
+}
+
+/* 0: the platform opened (or refused) c's end at once; UV_ENOTSUP: connect through libuv. */
+static int connect_now(np_engine *e, np_conn *c, const char *path) {
+  int rc = np_platform_connect(&c->pipe, path);
+  if (rc == UV_ENOTSUP) return rc;
+  c->connect_rc = rc;
+  c->connect_done = 1;
+  if (!e->connect_timer_made) {
+    uv_timer_init(e->loop, &e->connect_timer);
+    e->connect_timer.data = e;
+    e->connect_timer_made = 1;
+    e->handles++;
+  }
+  uv_timer_start(&e->connect_timer, on_connect_timer, 0, 0);
+  return 0;
+}
+
 int np_conn_connect(np_engine *e, const char *path, const np_conn_opts *opts, np_conn **out) {
   uv_connect_t *req = malloc(sizeof *req);
   np_conn *c = req ? np__conn_new(e, opts) : NULL;
@@ -283,7 +381,8 @@ int np_conn_connect(np_engine *e, const char *path, const np_conn_opts *opts, np
   }
   c->state = C_CONNECTING;
   LIST_ADD(e->connecting, c);
-  uv_pipe_connect(req, &c->pipe, path, on_connect);
+  if (connect_now(e, c, path) == 0) free(req);
+  else uv_pipe_connect(req, &c->pipe, path, on_connect);
   *out = c;
   return 0;
 }

@@ -41,6 +41,7 @@ void np_engine_shutdown(np_engine *e) {
   close_timer(&e->flush_timer);
   close_timer(&e->linger_timer);
   if (e->accept_timer_made) close_timer(&e->accept_timer);
+  if (e->connect_timer_made) close_timer(&e->connect_timer);
 }
 
 void np_engine_free(np_engine *e) { free(e); }

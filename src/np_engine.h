@@ -71,6 +71,9 @@ typedef struct np_server_opts {
   int mode;    /* permission bits of the socket file */
   int backlog;
   int max_instances; /* 0: unlimited (PIPE_UNLIMITED_INSTANCES) */
+  /* Windows: the pipe's security descriptor in SDDL; NULL: this user and SYSTEM only.
+   * Read during np_server_listen only. Not used on Unix (mode is). */
+  const char *sddl;
 } np_server_opts;
 
 typedef struct np_stats {

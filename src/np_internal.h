@@ -31,6 +31,8 @@ struct np_engine {
   unsigned lingering;
   uv_timer_t accept_timer; /* retries servers that ran out of descriptors */
   int accept_timer_made;
+  uv_timer_t connect_timer; /* reports client ends the platform opened at once (Windows) */
+  int connect_timer_made;
   uint64_t next_id;
   unsigned handles; /* libuv handles not yet called back after close */
   int releasing;    /* np_engine_release: free at the last close callback */
@@ -40,6 +42,7 @@ struct np_engine {
 struct np_server {
   uv_pipe_t *listener;
   uv_poll_t *poll;   /* watches the listener where the engine accepts itself, else NULL */
+  np_instances *inst; /* the pipe instances, where the platform creates them (Windows) */
   np_conn *spare;    /* a connection made for a client that was not there (yet) */
   int polling;       /* poll started */
   int starved;       /* out of descriptors: accepting waits for one to free */
@@ -69,6 +72,11 @@ typedef struct np_wout {
   uv_write_t req;
   struct np_conn *c;
   np_wq q;
+  /* A message-type pipe: one uv_write per frame (the first is req), since one uv_write
+   * is one WriteFile, which is one message. */
+  uv_write_t *more;
+  size_t waiting; /* writes not yet called back */
+  int status;     /* the first of their failures */
 } np_wout;
 
 struct np_conn {
@@ -98,6 +106,15 @@ struct np_conn {
   int flush_listed;  /* on the engine's poll list */
   int over_high;
   int server_end; /* accepted by a server (not a client's end) */
+  /* Message framing on a message-type pipe (Windows): the pipe keeps the boundaries, no
+   * length prefix on the wire. Each read is sized to what is left of the message at the
+   * head of the pipe, and the framer gets the message's length as a header of ours. */
+  int native;
+  size_t msg_left;  /* bytes of the current message not read yet */
+  int msg_head;     /* the read under way starts a message: its header is before it */
+  int msg_err;      /* the size of the next message could not be read */
+  int connect_rc;   /* a client end the platform opened: its result, for connect_timer */
+  int connect_done;
   np_cred cred;
   long session; /* the peer's session, taken at connect time like cred */
   uint64_t id;
@@ -163,5 +180,7 @@ int np__flush_check(np_conn *c);
 
 /* A connection of s ended: make room for the next client. */
 void np__server_conn_gone(np_server *s);
+/* The handle of a connection of s has been closed: an instance is free (Windows). */
+void np__server_room(np_server *s);
 
 #endif

@@ -6,10 +6,20 @@
 #include <stddef.h>
 #include <uv.h>
 
+/* A SID string is at most 184 characters (S-1-, 15 sub-authorities of 10 digits). Unix
+ * has no SIDs: there the field is one byte, always "", rather than 191 bytes more in every
+ * connection and every connection's userdata. */
+#ifdef _WIN32
+#define NP_SID_LEN 192
+#else
+#define NP_SID_LEN 1
+#endif
+
 typedef struct np_cred {
   long pid;  /* -1 when unknown */
   long uid;
   long gid;
+  char sid[NP_SID_LEN]; /* Windows: the user's SID ("S-1-5-21-..."); "" when unknown, and on Unix */
 } np_cred;
 
 /* Once per process: make a write to a vanished peer fail with EPIPE instead of
@@ -90,7 +100,7 @@ int np_platform_bind(uv_pipe_t *pipe, const char *path, int mode);
  * and uncounted. Where the platform can, the engine watches the listening socket itself
  * and accepts with these, so that out of descriptors it just stops watching.
  * listener_fd: the descriptor to watch for waiting clients, or UV_ENOTSUP where the
- * engine uses uv_listen instead (Windows: libuv creates the instances).
+ * platform creates the instances itself (Windows: np_platform_instances_start).
  * listen: listen(2) with this backlog; called again, it changes the backlog.
  * accept: opens client (initialised, not open) on one waiting client: 0, UV_EAGAIN when
  * none waits, or another negative uv error code (UV_EMFILE, UV_ENFILE: no descriptor for
@@ -98,5 +108,39 @@ int np_platform_bind(uv_pipe_t *pipe, const char *path, int mode);
 int np_platform_listener_fd(uv_pipe_t *listener);
 int np_platform_listen(uv_pipe_t *listener, int backlog);
 int np_platform_accept(uv_pipe_t *listener, uv_pipe_t *client);
+
+/* Pipe instances that the platform creates itself (Windows). libuv 1.44 creates every
+ * instance with the default security descriptor, in byte mode and unlimited; npipe
+ * creates them with CreateNamedPipeW, waits for each client off the loop, and hands the
+ * connected handle to libuv. start creates the first instance (a name already served
+ * is refused: UV_EADDRINUSE) and calls cb on the loop thread with a C runtime
+ * descriptor for each connected client, to be opened with np_platform_instance_open.
+ * max_instances 0 is unlimited; message asks for a message-type pipe; sddl (NULL: only
+ * this user and SYSTEM) is the security descriptor. UV_ENOTSUP where the engine
+ * accepts on a socket instead (Unix). room says that a connection has closed: an
+ * instance is free again. close cancels the wait for a client, closes the pending
+ * instance and calls closed from the loop once its handles are gone; cb is not called
+ * after close. */
+typedef struct np_instances np_instances;
+typedef void (*np_instance_cb)(void *arg, int fd);
+int np_platform_instances_start(uv_loop_t *loop, const char *path, int max_instances, int message,
+                                const char *sddl, np_instance_cb cb, void *arg, np_instances **out,
+                                char *err, size_t errlen);
+void np_platform_instances_room(np_instances *in);
+void np_platform_instances_close(np_instances *in, void (*closed)(void *arg), void *arg);
+/* Opens client (initialised, not open) on a descriptor from np_instance_cb, which it
+ * takes over whether it succeeds or not. */
+int np_platform_instance_open(uv_pipe_t *client, int fd);
+
+/* Opens a client's end of path into pipe (initialised, not open) at once, where the
+ * platform opens it itself (Windows: CreateFileW, whose ERROR_PIPE_BUSY is UV_EAGAIN
+ * at once instead of libuv's 30 s of uncancellable retries): 0 or a negative uv error
+ * code; UV_ENOTSUP where the engine connects through uv_pipe_connect (Unix). */
+int np_platform_connect(uv_pipe_t *pipe, const char *path);
+
+/* Message-type pipes (Windows PIPE_TYPE_MESSAGE), read in byte read mode: 1 when pipe
+ * is one (0 on Unix), and the bytes left of the message at the head of the pipe. */
+int np_platform_message_pipe(uv_pipe_t *pipe);
+long np_platform_message_left(uv_pipe_t *pipe);
 
 #endif

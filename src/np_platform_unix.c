@@ -346,3 +346,41 @@ int np_platform_accept(uv_pipe_t *listener, uv_pipe_t *client) {
   if (rc != 0) close(fd);
   return rc;
 }
+
+/* The engine accepts on the socket itself (np_platform_listener_fd): no instances here. */
+int np_platform_instances_start(uv_loop_t *loop, const char *path, int max_instances, int message,
+                                const char *sddl, np_instance_cb cb, void *arg, np_instances **out,
+                                char *err, size_t errlen) {
+  (void)loop, (void)path, (void)max_instances, (void)message, (void)sddl, (void)cb, (void)arg;
+  (void)err, (void)errlen;
+  *out = NULL;
+  return UV_ENOTSUP;
+}
+
+void np_platform_instances_room(np_instances *in) { (void)in; }
+
+void np_platform_instances_close(np_instances *in, void (*closed)(void *arg), void *arg) {
+  (void)in, (void)closed, (void)arg;
+}
+
+int np_platform_instance_open(uv_pipe_t *client, int fd) {
+  (void)client, (void)fd;
+  return UV_ENOTSUP;
+}
+
+/* uv_pipe_connect does it, without blocking the loop. */
+int np_platform_connect(uv_pipe_t *pipe, const char *path) {
+  (void)pipe, (void)path;
+  return UV_ENOTSUP;
+}
+
+/* A stream socket has no message boundaries: message framing is the length prefix. */
+int np_platform_message_pipe(uv_pipe_t *pipe) {
+  (void)pipe;
+  return 0;
+}
+
+long np_platform_message_left(uv_pipe_t *pipe) {
+  (void)pipe;
+  return UV_ENOTSUP;
+}

@@ -1,11 +1,13 @@
 /* Windows side of the platform layer: a pipe is a real named pipe (\\.\pipe\NAME),
- * created and connected by libuv; identity and sessions come from the pipe calls. */
+ * whose instances npipe creates and opens itself (np_platform_win_inst.c); identity and
+ * sessions come from the pipe calls and the peer's token. */
 #include "np_platform.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <windows.h>
+#include <sddl.h>
 
 #define PREFIX "\\\\.\\pipe\\"
 #define NAME_MAX_LEN 256 /* a pipe name is at most 256 characters */
@@ -41,7 +43,9 @@ static int is_server_end(HANDLE h) {
 
 int np_platform_probe(const char *path, np_cred *out, char *err, size_t errlen) {
   out->pid = out->uid = out->gid = -1;
-  HANDLE h = CreateFileA(path, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING, 0, NULL);
+  /* identification only: a probed server must not act as us */
+  HANDLE h = CreateFileA(path, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING,
+                         SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION, NULL);
   if (h == INVALID_HANDLE_VALUE) {
     DWORD e = GetLastError();
     if (e == ERROR_PIPE_BUSY) return 1; /* live, every instance taken */
@@ -62,13 +66,71 @@ int np_platform_reclaim(const char *path, char *err, size_t errlen) {
   return 1;
 }
 
+/* ---- identity: pid and the user's SID ---- */
+
+static int sys_error(void) { return uv_translate_sys_error((int)GetLastError()); }
+
+static int token_sid(HANDLE token, char *out, size_t len) {
+  union {
+    TOKEN_USER user;
+    char room[sizeof(TOKEN_USER) + SECURITY_MAX_SID_SIZE];
+  } t;
+  DWORD n = 0;
+  char *text = NULL;
+  if (!GetTokenInformation(token, TokenUser, &t, sizeof t, &n)) return sys_error();
+  if (!ConvertSidToStringSidA(t.user.User.Sid, &text)) return sys_error();
+  snprintf(out, len, "%s", text);
+  LocalFree(text);
+  return 0;
+}
+
+int np__win_self_sid(char *out, size_t len);
+int np__win_self_sid(char *out, size_t len) {
+  HANDLE tok;
+  if (!OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &tok)) return sys_error();
+  int rc = token_sid(tok, out, len);
+  CloseHandle(tok);
+  return rc;
+}
+
+static int process_sid(DWORD pid, char *out, size_t len) {
+  HANDLE p = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, FALSE, pid), tok = NULL;
+  if (p == NULL) return sys_error();
+  int rc = OpenProcessToken(p, TOKEN_QUERY, &tok) ? token_sid(tok, out, len) : sys_error();
+  if (tok) CloseHandle(tok);
+  CloseHandle(p);
+  return rc;
+}
+
+/* The client's own token, as its CreateFile presented it (identification level is
+ * enough to read it); its process's token where impersonation is refused. */
+static int client_sid(HANDLE pipe, DWORD pid, char *out, size_t len) {
+  if (ImpersonateNamedPipeClient(pipe)) {
+    HANDLE tok;
+    BOOL ok = OpenThreadToken(GetCurrentThread(), TOKEN_QUERY, TRUE, &tok);
+    RevertToSelf();
+    if (ok) {
+      int rc = token_sid(tok, out, len);
+      CloseHandle(tok);
+      if (rc == 0) return 0;
+    }
+  }
+  return process_sid(pid, out, len);
+}
+
 int np_platform_peer_cred(uv_pipe_t *pipe, np_cred *out) {
   HANDLE h = pipe_handle(pipe);
   ULONG pid = 0;
-  BOOL ok = is_server_end(h) ? GetNamedPipeClientProcessId(h, &pid) : GetNamedPipeServerProcessId(h, &pid);
+  int server_end = is_server_end(h);
+  BOOL ok = server_end ? GetNamedPipeClientProcessId(h, &pid) : GetNamedPipeServerProcessId(h, &pid);
   out->pid = ok ? (long)pid : -1;
   out->uid = out->gid = -1; /* Windows identities are SIDs, not numbers */
-  return ok ? 0 : uv_translate_sys_error((int)GetLastError());
+  out->sid[0] = '\0';
+  if (!ok) return sys_error();
+  if ((server_end ? client_sid(h, pid, out->sid, sizeof out->sid)
+                  : process_sid(pid, out->sid, sizeof out->sid)) < 0)
+    out->sid[0] = '\0'; /* unknown: an allow.sids or expect.sid check fails closed */
+  return 0;
 }
 
 long np_platform_session_id(void) {
@@ -205,14 +267,15 @@ void np_platform_unlink_if_same(const char *path, const np_file_id *id) {
   (void)id;
 }
 
-/* Access is the pipe's default security descriptor; mode bits do not apply. */
+/* Not used: npipe creates the instances (np_platform_instances_start). */
 int np_platform_bind(uv_pipe_t *pipe, const char *path, int mode) {
+  (void)pipe;
+  (void)path;
   (void)mode;
-  return uv_pipe_bind(pipe, path);
+  return UV_ENOTSUP;
 }
 
-/* libuv creates the instances and accepts (uv_listen); its Windows side has no EMFILE
- * trick, and max_instances falls back to refusing at accept. */
+/* Not used: the instances wait for their clients themselves. */
 int np_platform_listener_fd(uv_pipe_t *listener) {
   (void)listener;
   return UV_ENOTSUP;

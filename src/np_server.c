@@ -1,6 +1,6 @@
-/* Servers: listening (binding, or reclaiming a stale socket file), accepting (by hand
- * where the platform lets the engine, else through uv_listen), max_instances, and
- * running out of descriptors. */
+/* Servers: listening (binding, or reclaiming a stale socket file), accepting (by hand on
+ * a Unix socket, or from the pipe instances the Windows platform layer creates),
+ * max_instances, and running out of descriptors. */
 #include "np_internal.h"
 
 #include <stdio.h>
@@ -37,7 +37,6 @@ static void on_spare_handle_closed(uv_handle_t *h) {
   np__handle_gone(e);
 }
 
-static void on_connection(uv_stream_t *ls, int status);
 static void on_listener_ready(uv_poll_t *p, int status, int events);
 
 static int at_capacity(const np_server *s) {
@@ -136,22 +135,29 @@ static void on_listener_ready(uv_poll_t *p, int status, int events) {
   }
 }
 
-/* uv_listen's callback, where libuv accepts (Windows). */
-static void on_connection(uv_stream_t *ls, int status) {
-  np_server *s = ls->data;
-  if (status < 0) return;
+/* A client of the platform's instances connected (Windows); fd is its instance. */
+static void on_instance(void *arg, int fd) {
+  np_server *s = arg;
   np_conn *c = np__conn_new(s->e, &s->opts.conn);
-  if (c == NULL) return;
-  if (uv_accept(ls, (uv_stream_t *)&c->pipe) != 0) {
-    np__conn_discard(c);
+  if (c == NULL) {
+    uv_fs_t req;
+    uv_fs_close(s->e->loop, &req, fd, NULL); /* the client sees its pipe close */
+    uv_fs_req_cleanup(&req);
+    s->stats.rejected++;
     return;
   }
-  if (at_capacity(s)) { /* libuv accepts every client: refuse the ones over the limit */
+  if (np_platform_instance_open(&c->pipe, fd) != 0) {
     s->stats.rejected++;
     np__conn_discard(c);
     return;
   }
   server_take(s, c);
+}
+
+static void on_instances_closed(void *arg) { np__handle_gone(arg); }
+
+void np__server_room(np_server *s) {
+  if (s->inst) np_platform_instances_room(s->inst);
 }
 
 void np__server_conn_gone(np_server *s) {
@@ -160,11 +166,9 @@ void np__server_conn_gone(np_server *s) {
   wake_starved(s->e);
 }
 
-/* Starts accepting: on a poll of the socket where the platform lets the engine accept,
- * else through uv_listen. */
+/* Starts accepting on a poll of the listening socket. */
 static int start_accepting(np_server *s) {
   int fd = np_platform_listener_fd(s->listener);
-  if (fd == UV_ENOTSUP) return uv_listen((uv_stream_t *)s->listener, s->opts.backlog, on_connection);
   if (fd < 0) return fd;
   s->backlog = wanted_backlog(s);
   int rc = np_platform_listen(s->listener, s->backlog);
@@ -197,6 +201,10 @@ static int bind_or_reclaim(np_server *s, const char *path, char *err, size_t err
 
 /* Closes what s has open besides its listener, whose close callback frees s. */
 static void server_close_handles(np_server *s) {
+  if (s->inst) {
+    np_platform_instances_close(s->inst, on_instances_closed, s->e);
+    s->inst = NULL;
+  }
   if (s->poll) {
     s->poll->data = s->e;
     uv_close((uv_handle_t *)s->poll, on_spare_handle_closed);
@@ -241,7 +249,17 @@ int np_server_listen(np_engine *e, const char *path, const np_server_opts *opts,
     free(s);
     return UV_ENOMEM;
   }
-  int rc = bind_or_reclaim(s, path, err, errlen);
+  int rc = np_platform_instances_start(e->loop, path, opts->max_instances,
+                                       opts->conn.framing == NP_FRAMING_MESSAGE, opts->sddl, on_instance,
+                                       s, &s->inst, err, errlen);
+  if (rc == 0) {
+    e->handles++; /* the instances, until on_instances_closed */
+    LIST_ADD(e->servers, s);
+    *out = s;
+    return 0;
+  }
+  if (rc != UV_ENOTSUP) return server_fail(s, rc, "cannot create pipe", err, errlen);
+  rc = bind_or_reclaim(s, path, err, errlen);
   if (rc < 0) return server_fail(s, rc, "cannot bind", err, errlen);
   s->have_fid = np_platform_file_id(path, &s->fid) == 0;
   rc = start_accepting(s);

@@ -238,7 +238,7 @@ local function capture(conn)
     conn._cred = false
     return
   end
-  conn._cred = { pid = pid, uid = uid, gid = gid }
+  conn._cred = { pid = pid, uid = uid, gid = gid, sid = conn._c:peer_sid() }
   conn._sid, conn._sid_err, conn._sid_code = sid, sid_err, sid_code
 end
 
@@ -247,7 +247,7 @@ local function peer(self)
   return self._cred
 end
 
-local function copy(t) return { pid = t.pid, uid = t.uid, gid = t.gid } end
+local function copy(t) return { pid = t.pid, uid = t.uid, gid = t.gid, sid = t.sid } end
 
 local function peer_session(self)
   if not peer(self) then return nil, "peer credentials are not available", "ENOTSUP" end
@@ -289,7 +289,7 @@ function Conn:process_id() return pid_of(self:credentials()) end
 function Conn:server_credentials() return credentials(self, not self._client, "server") end
 function Conn:server_process_id() return pid_of(self:server_credentials()) end
 
---- The peer as an allow policy sees it: {pid, uid, gid, session_id}, fields nil where unknown.
+--- The peer as an allow policy sees it: {pid, uid, gid, sid, session_id}, fields nil where unknown.
 function M.peer_info(conn)
   local cred = peer(conn)
   local p = cred and copy(cred) or {}
@@ -320,15 +320,15 @@ function M.await_answer(conn, seconds)
 end
 
 -- A client that insists on whom it talks to (against pipe squatting): expect =
--- {uid = ..., gid = ..., pid = ...}; any mismatch fails closed.
+-- {uid = ..., gid = ..., pid = ..., sid = ...}; any mismatch fails closed.
 function M.check_identity(conn, path, expect)
   if not expect then return conn end
   local cred = peer(conn)
-  for _, k in ipairs({ "uid", "gid", "pid" }) do
+  for _, k in ipairs({ "uid", "gid", "pid", "sid" }) do
     if expect[k] ~= nil and (not cred or cred[k] ~= expect[k]) then
       conn:_end_now("server identity mismatch", "EPERM")
       return nil, ("refusing %s: the server's %s is %s, expected %s"):format(
-        path, k, cred and tostring(cred[k]) or "unknown", tostring(expect[k])), "EPERM"
+        path, k, cred and cred[k] ~= nil and tostring(cred[k]) or "unknown", tostring(expect[k])), "EPERM"
     end
   end
   return conn

@@ -125,7 +125,8 @@ end
 ---- listen ----
 
 local SERVER_OPTS = { framing = true, max_message = true, high_water = true, mode = true, backlog = true,
-                      allow = true, idle_timeout = true, max_instances = true, linger = true }
+                      allow = true, idle_timeout = true, max_instances = true, linger = true,
+                      security = true }
 
 -- The handler that data goes to: data(conn, msg), or request(conn, msg) -> reply.
 local function data_handler(h)
@@ -177,11 +178,12 @@ function M.listen(name, opts, handlers)
     error("listen: allow must be a table or a function", 2)
   end
   check_timeout("listen", 2, o.idle_timeout)
+  check_type("listen", 2, o.security, "string", true)
   local path, err, code = core.resolve(name, "create")
   if not path then return nil, err, code end
   local c
   c, err, code = core.listen(path, o.framing, o.max_message, o.high_water, o.mode, o.backlog,
-                             o.max_instances or 0, o.linger)
+                             o.max_instances or 0, o.linger, o.security)
   if not c then return nil, err, code end
   local h = handlers_of(handlers)
   local server = setmetatable({ _c = c, _path = path, _conns = {}, _handlers = h, _on_data = h.data,
@@ -203,7 +205,8 @@ end
 ---- admission ----
 
 -- The policy of opts.allow: nil (everyone the socket's mode lets in), a function
--- allow(peer) -> true | false[, why], or {uids = {...}, gids = {...}, same_session = true}.
+-- allow(peer) -> true | false[, why], or {uids = {...}, gids = {...}, sids = {...},
+-- same_session = true}.
 local function allowed(policy, who)
   if type(policy) == "function" then
     local ok, yes, why = pcall(policy, who)
@@ -216,6 +219,9 @@ local function allowed(policy, who)
   end
   if policy.uids and not member(policy.uids, who.uid) then return false, "uid " .. who.uid .. " not allowed" end
   if policy.gids and not member(policy.gids, who.gid) then return false, "gid " .. who.gid .. " not allowed" end
+  if policy.sids and not (who.sid and member(policy.sids, who.sid)) then
+    return false, "user SID " .. (who.sid or "unknown") .. " not allowed"
+  end
   if policy.same_session and who.session_id ~= core.session_id() then
     return false, "client is in another session (" .. tostring(who.session_id) .. ")"
   end
