@@ -214,6 +214,22 @@ local function flooded(server, n)
   return grown, conns
 end
 
+describe("a server that resets the pipe (closes with the request unread) #unix", function()
+  it("still delivers the last unterminated line the server sent (lines framing, Python server)", function()
+    local path = helpers.tmp .. "/pyreset.sock"
+    os.remove(path)
+    local pid, out = helpers.spawn(("exec python3 %s resetline %s"):format(PY, helpers.quote(path)))
+    assert.truthy(helpers.wait_until(function() return (helpers.read_file(out) or ""):match("ready") end, 10))
+    local reply, err, code
+    helpers.run(function()
+      reply, err, code = npipe.call(path, "hello", { framing = "lines", timeout = 5 })
+    end, 10)
+    helpers.wait_exit(pid, 10)
+    os.remove(path)
+    assert.are.same({ "partial" }, { reply, err, code })
+  end)
+end)
+
 describe("memory #unix", function()
   after_each(helpers.close_tracked_servers)
 

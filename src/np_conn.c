@@ -296,7 +296,11 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
      * DisconnectNamedPipe as ERROR_PIPE_NOT_CONNECTED; it is the same end of stream. */
     input_ended(c);
   } else if (n < 0) {
-    np__conn_fail(c, (int)n, "read");
+    /* ECONNRESET: the peer closed with what this side sent unread. Everything it sent
+     * has arrived, so its last unterminated line is delivered first, as at EOF (an
+     * incomplete message is not reported over the reset). */
+    if (n == UV_ECONNRESET) (void)np_framer_finish(&c->fr, on_frame, c);
+    if (c->state == C_OPEN) np__conn_fail(c, (int)n, "read");
   }
 }
 
