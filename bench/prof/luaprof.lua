@@ -54,6 +54,14 @@ coroutine.wrap = function(f)
     return table.unpack(r, 2, r.n)
   end
 end
+-- The fast path's plain coroutines are made in C (lua_newthread) and registered through
+-- sched.shared[5]: hook them there.
+local shared = require("npipe.sched").shared
+local register = shared[5]
+shared[5] = function(co)
+  debug.sethook(co, hook, "", EVERY)
+  return register(co)
+end
 debug.sethook(hook, "", EVERY)
 local ok, err = pcall(dofile, script)
 report()
