@@ -62,6 +62,7 @@ typedef struct box {
   /* connections: the peer's identity, kept when the C object goes */
   np_cred cred;
   long session;
+  long posix_session;
   int peer_kept;
 } box;
 

@@ -99,7 +99,8 @@ struct np_conn {
   int over_high;
   int server_end; /* accepted by a server (not a client's end) */
   np_cred cred;
-  long session; /* the peer's session, taken at connect time like cred */
+  long session; /* the peer's login session, taken at connect time like cred */
+  long posix_session; /* and its POSIX session (getsid), likewise */
   uint64_t id;
   void *data;
 };

@@ -26,6 +26,7 @@ Server.__close = function(self) self:close() end
 
 function Server:path() return self._path end
 function Server.session_id() return core.session_id() end
+function Server.posix_session_id() return core.posix_session_id() end
 function Server:is_open() return self._c:is_open() end
 
 -- The handler named name (connect, data, error, ...), or nil.
@@ -217,8 +218,9 @@ local function allowed(policy, who)
   end
   if policy.uids and not member(policy.uids, who.uid) then return false, "uid " .. who.uid .. " not allowed" end
   if policy.gids and not member(policy.gids, who.gid) then return false, "gid " .. who.gid .. " not allowed" end
+  -- login sessions, as on Windows: a setsid child of the same login stays in it
   if policy.same_session and who.session_id ~= core.session_id() then
-    return false, "client is in another session (" .. tostring(who.session_id) .. ")"
+    return false, "client is in another login session (" .. tostring(who.session_id) .. ")"
   end
   return true
 end
