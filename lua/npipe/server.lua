@@ -167,6 +167,23 @@ local function handlers_of(h)
   }
 end
 
+--- Swaps the server's handlers (a table or a function, as listen takes them) at once: a
+-- handler call in progress finishes on the old code; every call that starts later, for
+-- every connection (those open now too), runs the new code, also calls already queued.
+function Server:set_handlers(handlers)
+  if type(handlers) ~= "function" then check_type("set_handlers", 1, handlers, "table") end
+  local h = handlers_of(handlers)
+  local old_data = self._on_data
+  self._handlers, self._on_data = h, h.data
+  -- the per-message path submits the data handler itself (the other handlers are looked
+  -- up when their call starts): queued frames go to the new one, or to conn:read() now
+  local to = h.data or keep
+  if old_data and old_data ~= to then
+    for conn in pairs(self._conns) do sched.retarget(conn, old_data, to) end
+  end
+  return true
+end
+
 --- npipe.listen: CreateNamedPipe + ConnectNamedPipe for every client: serves name with handlers.
 function M.listen(name, opts, handlers)
   check_type("listen", 1, name, "string")
@@ -244,13 +261,29 @@ end
 
 local events = {}
 
+-- connect, eof and disconnect calls look their handler up when they start, not when the
+-- event came: server:set_handlers may have swapped it while the call waited in the queue.
+local function run_connect(conn)
+  local fn = conn._server._handlers.connect
+  if fn then fn(conn) end
+end
+
+local function run_eof(conn)
+  local fn = conn._server._handlers.eof
+  if fn then fn(conn) end
+end
+
+local function run_disconnect(conn, reason, code)
+  local fn = conn._server._handlers.disconnect
+  if fn then fn(conn, reason, code) end
+end
+
 function events.accept(server, c)
   local conn = conns.new(c, server, server._high_water, server._framing)
   if not admit(server, conn) then return end
   server._conns[conn] = true
   if server._idle then server._last[conn] = core.now() end
-  local on_connect = server._handlers.connect
-  if on_connect then submit(conn, on_connect, conn) end
+  submit(conn, run_connect, conn)
 end
 
 -- The per-message path: keep it free of calls and tables that are not needed.
@@ -274,8 +307,7 @@ function events.closed(conn, reason, code, lost_bytes, lost_msgs)
   end
   if server and server._conns[conn] then
     server._conns[conn] = nil
-    local on_disconnect = server._handlers.disconnect
-    if on_disconnect then submit(conn, on_disconnect, conn, reason, code) end
+    submit(conn, run_disconnect, conn, reason, code)
     if server._drained and next(server._conns) == nil then wake(server._drained, true) end
   end
 end
@@ -293,8 +325,7 @@ function events.eof(conn)
     end_at_eof(conn)
     return
   end
-  local on_eof = server._handlers.eof
-  if on_eof then submit(conn, on_eof, conn) end
+  submit(conn, run_eof, conn)
   submit(conn, end_at_eof, conn)
 end
 
