@@ -355,7 +355,10 @@ static int l_now(lua_State *L) {
 }
 
 static int l_session_id(lua_State *L) {
-  lua_pushinteger(L, np_platform_session_id());
+  long sid = np_platform_session_id();
+  if (sid < 0) return lnp_push_error(L, (int)sid, lua_pushfstring(L, "cannot read this process's login session: %s",
+                                                                   uv_strerror((int)sid)));
+  lua_pushinteger(L, sid);
   return 1;
 }
 

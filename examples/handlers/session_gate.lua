@@ -6,7 +6,7 @@ return {
   connect = function(conn)
     -- the client's login session, taken at connect (nil when it had already gone)
     local client_sid = conn:session_id()
-    if client_sid ~= conn:server_session_id() then
+    if client_sid == nil or client_sid ~= conn:server_session_id() then -- unknown: refused
       conn.state.refused = true
       conn:write("refused: other session")
       conn:flush(2)

@@ -236,8 +236,12 @@ local function allowed(policy, who)
   if policy.uids and not member(policy.uids, who.uid) then return false, "uid " .. who.uid .. " not allowed" end
   if policy.gids and not member(policy.gids, who.gid) then return false, "gid " .. who.gid .. " not allowed" end
   -- login sessions, as on Windows: a setsid child of the same login stays in it
-  if policy.same_session and who.session_id ~= core.session_id() then
-    return false, "client is in another login session (" .. tostring(who.session_id) .. ")"
+  if policy.same_session then
+    local own, err = core.session_id()
+    if own == nil then return false, "same_session: " .. tostring(err) end -- fails closed
+    if who.session_id ~= own then
+      return false, "client is in another login session (" .. tostring(who.session_id) .. ")"
+    end
   end
   return true
 end
