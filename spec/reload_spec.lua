@@ -100,6 +100,32 @@ describe("server:set_handlers", function()
     assert.are.equal("closed", err) -- the function returned: the connection ended
   end)
 
+  it("runs the new eof handler for an EOF that came while a call of the old code waited", function()
+    local release, rec, server_end = false, {}, nil
+    local function version(v)
+      return {
+        data = function(conn)
+          server_end = conn
+          wait_until(function() return release end, 10)
+        end,
+        eof = function() rec.eof = v end,
+      }
+    end
+    local name = helpers.name("sh-queued-eof")
+    local server = listen(name, { framing = "lines" }, version("v1"))
+    local c = connect(name)
+    assert(c:write("slow"))
+    assert(wait_until(function() return server_end end), "the data handler did not start")
+    c:disconnect()
+    -- the EOF has come; its eof call waits behind the slow one
+    assert(wait_until(function() return server_end:input_ended() end), "the server did not see the EOF")
+    assert.is_nil(rec.eof)
+    server:set_handlers(version("v2"))
+    release = true
+    assert(wait_until(function() return rec.eof end), "no eof handler ran")
+    assert.are.equal("v2", rec.eof)
+  end)
+
   it("keeps every message of one connection through 100 swaps under load, each run by the handlers then in force",
     function()
       local current = 1 -- the version set_handlers last installed
