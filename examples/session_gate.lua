@@ -1,6 +1,16 @@
--- An echo server (lines framing) that only serves clients from its own POSIX session
--- (GetNamedPipeClientSessionId vs GetNamedPipeServerSessionId). A client from another
--- session (try `setsid npipe connect NAME`) is told "refused: other session" and dropped.
+-- An echo server (lines framing) for the clients of its own login session only
+-- (GetNamedPipeClientSessionId vs GetNamedPipeServerSessionId). On Linux the login
+-- session is the audit session id that a login gets (pam_loginuid; what systemd-logind
+-- names sessions by), and a process outside any login is in session 0, like a Windows
+-- service. So this is the service-and-desktop case of Windows:
+--   * started from a desktop or ssh login, it serves every program of that login (any
+--     terminal, also one that left its POSIX session with setsid) and refuses services
+--     and the programs of other logins;
+--   * started as a system service (outside any login), it serves other services and
+--     refuses the programs that users run in their logins.
+-- A refused client is told "refused: other session" and dropped. To see it refuse, give a
+-- client a login session of its own (as root, what a login does):
+--   sh -c 'echo 1000 > /proc/self/loginuid && exec npipe call NAME hello'
 -- Run: lua5.4 examples/session_gate.lua [NAME]
 local npipe = require("npipe")
 
@@ -16,7 +26,9 @@ if not server then
   os.exit(1)
 end
 
-print(("session_gate: serving %s on %s (session %d)"):format(name, server:path(), npipe.session_id()))
+local sid = npipe.session_id()
+print(("session_gate: serving %s on %s for login session %d%s"):format(name, server:path(), sid,
+  sid == 0 and " (outside any login, as a service: other services only)" or ""))
 io.stdout:flush()
 
 -- until SIGINT/SIGTERM, then close (letting connections finish) and remove the socket

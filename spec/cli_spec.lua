@@ -254,4 +254,164 @@ describe("npipe command", function()
     assert.are.equal(2, code, output)
     assert.matches("usage: npipe", output, 1, true)
   end)
+
+  describe("serve reloads its SCRIPT", function()
+    -- Version v of a script: replies "v loads msg", where loads counts the loads that
+    -- the state table (kept across reloads) has seen.
+    local function version_source(v)
+      return ([[
+        local state = ...
+        state.loads = (state.loads or 0) + 1
+        local loads = state.loads
+        return { request = function(conn, msg) return ("%d %%d %%s"):format(loads, msg) end }
+      ]]):format(v)
+    end
+
+    -- Replaces the file by rename, as many editors do (the reader never sees half of it).
+    local function replace(path, source)
+      helpers.write_file(path .. ".new", source)
+      assert(os.rename(path .. ".new", path))
+    end
+
+    local function count(s, plain)
+      local n, at = 0, 1
+      while true do
+        local i, j = s:find(plain, at, true)
+        if not i then return n end
+        n, at = n + 1, j + 1
+      end
+    end
+
+    local function output_of(out) return helpers.read_file(out) or "" end
+
+    it("on SIGHUP, 100 times, under load: one connection, nothing lost, each reply from the version then in force",
+      function()
+        finally(cleanup)
+        local name = helpers.name("cli-hup")
+        local file = script(version_source(1))
+        local pid, out = serve(file, "--name", name)
+        local c = assert(npipe.connect(name, { framing = "lines", timeout = 5 }))
+        local WINDOW = 16 -- messages in flight
+        local sent, got, last_v, sending = 0, 0, 0, true
+        local replies, problems = {}, {}
+        local function send()
+          sent = sent + 1
+          local ok, err = c:write(tostring(sent))
+          if not ok then problems[#problems + 1] = "write failed: " .. tostring(err) end
+        end
+        for _ = 1, WINDOW do send() end
+        npipe.spawn(function()
+          while got < sent do
+            local msg, err = c:read(10)
+            if not msg then
+              problems[#problems + 1] = "read failed: " .. tostring(err)
+              return
+            end
+            local v, loads, seq = msg:match("^(%d+) (%d+) (%d+)$")
+            got = got + 1
+            replies[got] = { v = tonumber(v), loads = tonumber(loads), seq = tonumber(seq), text = msg }
+            last_v = math.max(last_v, tonumber(v) or 0)
+            if sending then send() end
+          end
+        end)
+        for k = 1, 101 do
+          if k > 1 then
+            replace(file, version_source(k))
+            helpers.kill(pid, "HUP")
+          end
+          assert(helpers.wait_until(function() return last_v >= k or #problems > 0 end, 10),
+            "no reply from version " .. k .. "; the server said:\n" .. output_of(out))
+          assert.are.same({}, problems)
+        end
+        sending = false
+        assert(helpers.wait_until(function() return got == sent or #problems > 0 end, 10), "replies are missing")
+        assert.are.same({}, problems)
+        local seen, prev = {}, 0
+        for i, r in ipairs(replies) do
+          assert.are.equal(i, r.seq, "reply " .. i .. " is for another message: " .. r.text) -- none lost, in order
+          assert.is_true(r.v >= prev, "reply " .. i .. " comes from an older version than the one before")
+          -- each load ran once, in order, and kept its count in the state table
+          assert.are.equal(r.v, r.loads, "reply " .. i .. ": " .. r.text)
+          if r.v ~= prev then seen[#seen + 1] = r.v end
+          prev = r.v
+        end
+        local all = {}
+        for k = 1, 101 do all[k] = k end
+        assert.are.same(all, seen) -- the reload sequence, no version skipped
+        assert.is_true(c:is_open())
+        c:disconnect()
+        assert.are.equal(100, count(output_of(out), "reloaded " .. file .. " (SIGHUP)"))
+        assert.is_false(gone(pid))
+      end)
+
+    it("keeps the old handlers serving when the new script fails to load, raises or returns the wrong type",
+      function()
+        finally(cleanup)
+        local name = helpers.name("cli-broken")
+        local file = script(version_source(1))
+        local pid, out = serve(file, "--name", name)
+        local c = assert(npipe.connect(name, { framing = "lines", timeout = 5 }))
+        assert.are.equal("1 1 a", c:transact("a", 5))
+        local broken = {
+          { "return { request = ", "cannot load" },                          -- a syntax error
+          { "error('broken on purpose')", "broken on purpose" },             -- raises
+          { "return 42", "must return a handlers table or a function, not number" },
+        }
+        for i, case in ipairs(broken) do
+          replace(file, case[1])
+          helpers.kill(pid, "HUP")
+          local function reported() return count(output_of(out), "failed, the old handlers keep serving") >= i end
+          assert(helpers.wait_until(reported, 5),
+            "no report of the failed reload; the server said:\n" .. output_of(out))
+          assert.matches(case[2], output_of(out), 1, true)
+          -- the same connection, the same handlers
+          assert.are.equal("1 1 b" .. i, c:transact("b" .. i, 5))
+        end
+        assert.is_false(gone(pid))
+        assert.are.equal(0, count(output_of(out), "reloaded "))
+        -- and a good script after them is taken (its state saw only the loads that ran)
+        replace(file, version_source(2))
+        helpers.kill(pid, "HUP")
+        assert(helpers.wait_until(function() return output_of(out):find("reloaded", 1, true) end, 5))
+        local reply = c:transact("c", 5)
+        assert.is_truthy(reply)
+        assert.matches("^2 %d+ c$", reply)
+        c:disconnect()
+      end)
+
+    it("with --watch, within a second of an edit, in place or by rename", function()
+      finally(cleanup)
+      local name = helpers.name("cli-watch")
+      local file = script(version_source(1))
+      local _, out = serve(file, "--name", name, "--watch")
+      local c = assert(npipe.connect(name, { framing = "lines", timeout = 5 }))
+      assert.are.equal("1 1 a", c:transact("a", 5))
+      -- waits (at most 5 s) for replies from version v; returns how long that took
+      local function time_to(v)
+        local t0 = npipe.now()
+        for _ = 1, 500 do
+          local reply = assert(c:transact("x", 5))
+          if reply:match("^(%d+)") == tostring(v) then return npipe.now() - t0 end
+          if npipe.now() - t0 > 5 then break end
+          npipe.sleep(0.01)
+        end
+        error("version " .. v .. " was not loaded within 5 s; the server said:\n" .. output_of(out))
+      end
+      helpers.write_file(file, version_source(2)) -- in place
+      local in_place = time_to(2)
+      replace(file, version_source(3)) -- a new file under the name
+      local renamed = time_to(3)
+      assert.is_true(in_place < 1, ("an edit in place took %.2f s to load"):format(in_place))
+      assert.is_true(renamed < 1, ("a replaced file took %.2f s to load"):format(renamed))
+      assert.are.equal(2, count(output_of(out), "reloaded " .. file .. " (changed)"))
+      assert.is_true(c:is_open())
+      c:disconnect()
+    end)
+
+    it("refuses --watch without a SCRIPT (usage error)", function()
+      local code, output = npipe_run("serve", "--name", helpers.name("cli-watch-demo"), "--watch")
+      assert.are.equal(2, code, output)
+      assert.matches("--watch needs a SCRIPT", output, 1, true)
+    end)
+  end)
 end)

@@ -7,6 +7,13 @@ local ROOT = helpers.root
 
 local function example(file) return ROOT .. "/examples/" .. file end
 
+-- it(), or where no child can get a login session of its own a pending spec that says
+-- why (not a silent pass).
+local function it_login(title, fn)
+  if helpers.login_skip then return pending(title .. " (skipped: " .. helpers.login_skip .. ")") end
+  return it(title, fn)
+end
+
 -- helpers.wait_exit counts a zombie as ended (children here are reparented to a PID 1
 -- that does not reap them).
 local wait_gone = helpers.wait_exit
@@ -179,10 +186,12 @@ describe("examples", function()
   end)
 
   describe("session_gate.lua", function()
-    it("serves a client of its own session and refuses one started with setsid", function()
+    it_login("serves its own login session, also after setsid, and refuses another login's client", function()
       finally(kill_children)
       local name = helpers.name("ex-gate")
-      start("session_gate.lua", name)
+      local _, out = start("session_gate.lua", name)
+      -- the server says which login session it serves (0 here: outside any login, as a service)
+      assert.matches(("login session %d"):format(npipe.session_id()), helpers.read_file(out), 1, true)
       -- this process is in the server's session
       local c = assert(npipe.connect(name, { framing = "lines", timeout = 5 }))
       for i = 1, 3 do
@@ -190,16 +199,20 @@ describe("examples", function()
         assert.are.equal("line " .. i, c:read(5))
       end
       c:disconnect()
-      -- setsid really gives another session (else the refusal below would prove nothing)
-      local code, sid = run(("setsid %s -e %s"):format(helpers.lua, quote("print(require('npipe').session_id())")))
+      -- a login really gives another session (else the refusal below would prove nothing)
+      local code, sid = run(("%s%s -e %s"):format(helpers.login_prefix, helpers.lua,
+        quote("print(require('npipe').session_id())")))
       assert.are.equal(0, code, sid)
       assert.are_not.equal(tostring(npipe.session_id()), (sid:gsub("%s+$", "")))
       local call = ("%s %s call %s hello --timeout 5"):format(helpers.lua, quote(ROOT .. "/bin/npipe"), quote(name))
       for _ = 1, 3 do
-        local code2, output = run("setsid " .. call)
+        local code2, output = run(helpers.login_prefix .. call)
         assert.are.equal(0, code2, output)
         assert.are.equal("refused: other session\n", output)
-        -- and a client of this session is still served
+        -- a client of this login in a POSIX session of its own is served, as is a plain one
+        code2, output = run("setsid " .. call)
+        assert.are.equal(0, code2, output)
+        assert.are.equal("hello\n", output)
         code2, output = run(call)
         assert.are.equal(0, code2, output)
         assert.are.equal("hello\n", output)

@@ -61,6 +61,46 @@ function helpers.alive(pid)
   return state ~= nil and state ~= "Z" and state ~= "X"
 end
 
+-- A login session of its own for a child, as a login gives one: root writes a uid to
+-- /proc/self/loginuid and the kernel assigns the process a new audit session id, which its
+-- children inherit and which setsid does not change. helpers.login_prefix goes before a
+-- command (it execs the rest); helpers.login_skip is nil where that works, else why not
+-- (not root, a kernel without audit, a loginuid made immutable).
+helpers.login_prefix = "sh -c 'echo 1000 > /proc/self/loginuid && exec \"$@\"' login "
+do
+  local why
+  if helpers.windows then
+    why = "Windows has no /proc/self/loginuid"
+  else
+    local own = (helpers.read_file("/proc/self/sessionid") or ""):gsub("%s+$", "")
+    local p = io.popen(helpers.login_prefix .. "cat /proc/self/sessionid 2>&1")
+    local child = p and p:read("*a"):gsub("%s+$", "") or ""
+    if p then p:close() end
+    if own == "" then
+      why = "this kernel keeps no /proc/self/sessionid"
+    elseif not child:match("^%d+$") or child == "4294967295" or child == own then
+      why = "cannot give a child a login session of its own by writing /proc/self/loginuid ("
+        .. (child ~= "" and child or "no output") .. "; it needs root and an audit kernel)"
+    end
+  end
+  helpers.login_skip = why
+end
+
+-- The login session id of a process as npipe reports it: /proc/PID/sessionid, 0 when
+-- unset (4294967295) or missing.
+function helpers.login_session_of(pid)
+  local s = helpers.read_file("/proc/" .. tostring(pid) .. "/sessionid")
+  local n = s and tonumber(s:match("%d+"))
+  if not n or n == 4294967295 then return 0 end
+  return n
+end
+
+-- The POSIX session of a process: field 6 of /proc/PID/stat.
+function helpers.posix_session_of(pid)
+  local stat = helpers.read_file("/proc/" .. tostring(pid) .. "/stat")
+  return stat and tonumber(stat:match("^%d+ %b() %a %d+ %d+ (%d+)"))
+end
+
 -- Kills pid and its children (a wrapper such as timeout or sh -c and what it started).
 function helpers.kill_tree(pid)
   -- procps (pkill, ps) deadlocks under the ASan runtime that the sanitizer run preloads

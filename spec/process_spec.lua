@@ -99,12 +99,16 @@ describe("processes", function()
     server = assert(npipe.listen(name, { framing = "lines" }, {
       data = function(conn, msg)
         seen.sid = pack(conn:session_id())
+        seen.psid = pack(conn:posix_session_id())
         seen.pid = pack(conn:process_id())
         seen.conn = conn
         seen.hello = msg
       end,
     }))
-    local w, out = start("setsid " .. lua_cmd("session_client.lua", name))
+    -- a login session of its own where this process may give one (helpers.login_prefix;
+    -- session_spec.lua says when it cannot), and a POSIX session of its own
+    local login = helpers.login_skip and "" or helpers.login_prefix
+    local w, out = start(login .. "setsid " .. lua_cmd("session_client.lua", name))
     pids[#pids + 1] = w
     local cpid = tonumber(wait_output(out, "^pid (%d+)\n"))
     assert(cpid, "the client did not start: " .. output(out))
@@ -112,26 +116,35 @@ describe("processes", function()
     assert(helpers.wait_until(function() return seen.hello end), "no hello from the client")
     local own, ssid, spid = wait_output(out, "ids own_sid=(%S+) server_sid=(%S+) server_pid=(%S+)\n")
     assert(own, output(out))
+    local own_psid, said_server_psid = wait_output(out, "posix own_psid=(%S+) server_psid=(%S+)\n")
+    assert(own_psid, output(out))
 
     -- the client waits for our word, so ps sees it alive
     assert.is_true(running(cpid))
-    local client_sid = sid_of(cpid)
+    local client_psid = sid_of(cpid)
     local server_pid = core.pid()
-    local server_sid = sid_of(server_pid)
-    assert.is_number(client_sid)
-    assert.is_number(server_sid)
+    local server_psid = sid_of(server_pid)
+    assert.is_number(client_psid)
+    assert.is_number(server_psid)
+    local client_sid = helpers.login_session_of(cpid)
+    local server_sid = helpers.login_session_of(server_pid)
 
-    -- the server side: the client's pid and session
+    -- the server side: the client's pid, login session and POSIX session
     assert.are.equal("hello " .. cpid, seen.hello)
     assert.are.equal(cpid, seen.pid[1])
     assert.are.equal(client_sid, seen.sid[1])
-    assert.are.equal(cpid, client_sid) -- setsid made the client a session leader
-    assert.are_not.equal(server_sid, seen.sid[1])
     assert.are.equal(server_sid, npipe.session_id())
+    if login ~= "" then assert.are_not.equal(server_sid, seen.sid[1]) end
+    assert.are.equal(client_psid, seen.psid[1])
+    assert.are.equal(cpid, client_psid) -- setsid made the client a session leader
+    assert.are_not.equal(server_psid, seen.psid[1])
+    assert.are.equal(server_psid, npipe.posix_session_id())
 
-    -- the client side: its own session, and the server's pid and session
+    -- the client side: its own sessions, and the server's pid and sessions
     assert.are.equal(client_sid, tonumber(own))
     assert.are.equal(server_sid, tonumber(ssid))
+    assert.are.equal(client_psid, tonumber(own_psid))
+    assert.are.equal(server_psid, tonumber(said_server_psid))
     assert.are.equal(server_pid, tonumber(spid))
 
     assert(seen.conn:write("exit"))

@@ -150,6 +150,7 @@ static void ev_closed(np_conn *c, const char *code, const char *reason) {
   b->direct = 0;
   b->peer_kept = np_conn_peer(c, &b->cred) == 0;
   b->session = np_conn_peer_session(c);
+  b->posix_session = np_conn_peer_posix_session(c);
   lua_State *L = event_begin(b, EV_CLOSED);
   if (L == NULL) return;
   uint64_t bytes, msgs;
@@ -402,7 +403,17 @@ static int l_loop_now(lua_State *L) {
 }
 
 static int l_session_id(lua_State *L) {
-  lua_pushinteger(L, np_platform_session_id());
+  long sid = np_platform_session_id();
+  if (sid < 0) return lnp_push_error(L, (int)sid, lua_pushfstring(L, "cannot read this process's login session: %s",
+                                                                   uv_strerror((int)sid)));
+  lua_pushinteger(L, sid);
+  return 1;
+}
+
+static int l_posix_session_id(lua_State *L) {
+  long sid = np_platform_posix_session_id();
+  if (sid < 0) return lnp_push_error(L, (int)sid, "this process has no POSIX session");
+  lua_pushinteger(L, sid);
   return 1;
 }
 
@@ -496,6 +507,7 @@ static const luaL_Reg module_functions[] = {
     {"init", l_init},           {"bind", l_bind},           {"resolve", l_resolve},   {"listen", l_listen},
     {"connect", l_connect},     {"run", l_run},           {"stop", l_stop},
     {"now", l_now},             {"timer", lnp_timer},       {"session_id", l_session_id},
+    {"posix_session_id", l_posix_session_id},
     {"pid", l_pid},             {"backend_fd", l_backend_fd},
     {"backend_timeout", l_backend_timeout}, {"open_fd", l_open_fd}, {"probe", l_probe},
     {"scandir", l_scandir},     {"signal", lnp_signal},     {"share", lnp_share},

@@ -67,6 +67,7 @@ typedef struct box {
   /* connections: the peer's identity, kept when the C object goes */
   np_cred cred;
   long session;
+  long posix_session;
   int peer_kept;
   /* connections: its id; its server's box (NULL for a client's end); a server's
    * connection's Lua table, held from core.bind until its closed event (LUA_NOREF

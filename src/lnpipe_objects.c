@@ -189,6 +189,20 @@ static int conn_peer_sid(lua_State *L) {
   return 1;
 }
 
+/* The peer's POSIX session as taken at connect time (kept like conn_peer's values): the
+ * integer, or nil, message, code. */
+static int conn_posix_session(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  long sid = b->p ? np_conn_peer_posix_session(b->p) : b->peer_kept ? b->posix_session : UV_ENOTSUP;
+  if (sid >= 0) {
+    lua_pushinteger(L, sid);
+    return 1;
+  }
+  if (sid == UV_ENOTSUP) return lnp_push_error(L, UV_ENOTSUP, "the peer's POSIX session is not available");
+  return lnp_push_error(L, (int)sid, lua_pushfstring(L, "cannot read the POSIX session of the process at the other end: %s",
+                                                     uv_strerror((int)sid)));
+}
+
 static int conn_id(lua_State *L) {
   box *b = luaL_checkudata(L, 1, CONN_MT);
   lua_pushinteger(L, (lua_Integer)b->id);
@@ -204,7 +218,8 @@ void lnp_objects_open(lua_State *L) {
       {"flush_cancel", conn_flush_cancel},
       {"hold", conn_hold},     {"queued", conn_queued},         {"is_open", conn_is_open},
       {"peer", conn_peer},     {"peer_sid", conn_peer_sid},     {"id", conn_id},
-      {"direct", conn_direct}, {"last_active", conn_last_active}, {NULL, NULL}};
+      {"posix_session", conn_posix_session},                    {"direct", conn_direct},
+      {"last_active", conn_last_active}, {NULL, NULL}};
   lnp_new_metatable(L, SERVER_MT, server_methods, server_close);
   lnp_new_metatable(L, CONN_MT, conn_methods, conn_gc);
 }

@@ -15,6 +15,7 @@ np_conn *np__conn_new(np_engine *e, const np_conn_opts *opts) {
   c->id = e->next_id++;
   c->cred.pid = c->cred.uid = c->cred.gid = -1;
   c->session = UV_ENOTSUP;
+  c->posix_session = UV_ENOTSUP;
   np_framer_init(&c->fr, opts->framing, opts->max_message);
   uv_pipe_init(e->loop, &c->pipe, 0);
   c->pipe.data = c;
@@ -309,6 +310,7 @@ int np__conn_open(np_conn *c) {
   c->native = c->opts.framing == NP_FRAMING_MESSAGE && np_platform_message_pipe(&c->pipe);
   np_platform_peer_cred(&c->pipe, &c->cred);
   c->session = np_platform_peer_session(&c->pipe, &c->cred);
+  c->posix_session = np_platform_peer_posix_session(&c->pipe, &c->cred);
   LIST_ADD(c->e->conns, c);
   c->reading = 1;
   return uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
@@ -418,6 +420,7 @@ int np_conn_peer(np_conn *c, np_cred *out) {
 }
 
 long np_conn_peer_session(np_conn *c) { return c->session; }
+long np_conn_peer_posix_session(np_conn *c) { return c->posix_session; }
 
 size_t np_conn_queued(const np_conn *c) { return c->cost; }
 uint64_t np_conn_id(const np_conn *c) { return c->id; }

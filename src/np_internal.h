@@ -116,7 +116,8 @@ struct np_conn {
   int connect_rc;   /* a client end the platform opened: its result, for connect_timer */
   int connect_done;
   np_cred cred;
-  long session; /* the peer's session, taken at connect time like cred */
+  long session; /* the peer's login session, taken at connect time like cred */
+  long posix_session; /* and its POSIX session (getsid), likewise */
   uint64_t id;
   void *data;
 };

@@ -50,14 +50,22 @@ int np_platform_reclaim(const char *path, char *err, size_t errlen);
 /* Identity of the process at the other end of a connected pipe. */
 int np_platform_peer_cred(uv_pipe_t *pipe, np_cred *out);
 
-/* Session id of this process: POSIX session on Unix, Terminal Services session on
- * Windows. <0: uv error code. */
+/* Login session id of this process: on Windows the Terminal Services session
+ * (ProcessIdToSessionId; services run in session 0); on Linux its counterpart, the
+ * audit session id that pam_loginuid gives a login (/proc/self/sessionid), 0 for a
+ * process outside any login (unset, 4294967295) and where the kernel does not track
+ * login sessions (no such file). <0: uv error code. */
 long np_platform_session_id(void);
 
-/* Session id of the process at the other end of a connected pipe (whose identity,
- * taken at connect time, is cred): getsid(pid) on Unix; on Windows
+/* Login session id of the process at the other end of a connected pipe (whose identity,
+ * taken at connect time, is cred): /proc/<pid>/sessionid on Linux, 0 as above; on Windows
  * GetNamedPipeClientSessionId on a server end, GetNamedPipeServerSessionId on a client end. */
 long np_platform_peer_session(uv_pipe_t *pipe, const np_cred *cred);
+
+/* The POSIX session (getsid, a terminal's job-control group) of this process and of the
+ * peer; UV_ENOTSUP where there is none (Windows). */
+long np_platform_posix_session_id(void);
+long np_platform_peer_posix_session(uv_pipe_t *pipe, const np_cred *cred);
 long np_platform_pid(void);
 
 /* Bytes written on this pipe that the peer has not read yet (SIOCOUTQ on Linux);

@@ -157,16 +157,106 @@ int np_platform_peer_cred(uv_pipe_t *pipe, np_cred *out) {
 #endif
 }
 
+/* The audit session id that /proc/<who>/sessionid holds: 4294967295 (unset) is a
+ * process outside any login, which Windows would put in session 0 like its services;
+ * UV_ENOENT when the file is missing. */
+#define NP_AUDIT_UNSET 4294967295UL
+
+static long read_login_session(const char *who) {
+  char path[64], buf[32];
+  snprintf(path, sizeof path, "/proc/%s/sessionid", who);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  int e = errno;
+  close(fd);
+  if (n <= 0) return n < 0 ? -e : UV_EIO;
+  buf[n] = '\0';
+  char *end;
+  unsigned long v = strtoul(buf, &end, 10);
+  if (end == buf) return UV_EIO;
+  return v == NP_AUDIT_UNSET ? 0 : (long)v;
+}
+
+/* A kernel without audit (or a system without /proc) tracks no login sessions: 0. */
 long np_platform_session_id(void) {
+  long v = read_login_session("self");
+  return v == UV_ENOENT ? 0 : v;
+}
+
+#if defined(__linux__) && !defined(SO_PEERPIDFD)
+#define SO_PEERPIDFD 77 /* Linux 6.5; Debian 12's headers lack it */
+#endif
+
+/* A pidfd of the peer (SO_PEERPIDFD), or -1 where the kernel has none. */
+static int peer_pidfd(uv_pipe_t *pipe) {
+#if defined(SO_PEERPIDFD)
+  int pidfd = -1;
+  socklen_t len = sizeof pidfd;
+  int fd = pipe_fd(pipe);
+  if (fd >= 0 && getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0) return pidfd;
+#else
+  (void)pipe;
+#endif
+  return -1;
+}
+
+/* Whether the process behind pidfd has not been reaped: until then its pid cannot be
+ * reused, so what was read under that pid was the peer's. fdinfo says "Pid: -1" once
+ * it has been; a kernel that does not say is trusted. */
+static int pidfd_alive(int pidfd) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pidfd);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 1;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 1;
+  buf[n] = '\0';
+  const char *p = strstr(buf, "\nPid:");
+  return p == NULL || strtol(p + 5, NULL, 10) > 0;
+}
+
+/* Reads the peer's value by its pid, then checks with the peer's pidfd (where the
+ * kernel gives one) that the pid was not reused by another process meanwhile: a client
+ * that exits right after connecting must not lend its pid, and a session that
+ * same_session admits, to an unrelated process. */
+static long peer_value(uv_pipe_t *pipe, const np_cred *cred, long (*read_value)(long pid)) {
+  if (cred->pid <= 0) return UV_ENOTSUP;
+  int pidfd = peer_pidfd(pipe);
+  long v = read_value(cred->pid);
+  if (pidfd >= 0) {
+    if (!pidfd_alive(pidfd)) v = UV_ESRCH;
+    close(pidfd);
+  }
+  return v;
+}
+
+static long posix_session_of(long pid) {
+  pid_t sid = getsid((pid_t)pid);
+  return sid < 0 ? -errno : (long)sid;
+}
+
+static long peer_login_session(long pid) {
+  char who[24];
+  snprintf(who, sizeof who, "%ld", pid);
+  long v = read_login_session(who);
+  if (v != UV_ENOENT) return v;
+  /* no such file: the peer has gone, or the kernel tracks no sessions (0, as for us) */
+  return read_login_session("self") == UV_ENOENT ? 0 : UV_ESRCH;
+}
+
+long np_platform_peer_session(uv_pipe_t *pipe, const np_cred *cred) {
+  return peer_value(pipe, cred, peer_login_session);
+}
+
+long np_platform_posix_session_id(void) {
   pid_t sid = getsid(0);
   return sid < 0 ? -errno : (long)sid;
 }
 
-long np_platform_peer_session(uv_pipe_t *pipe, const np_cred *cred) {
-  (void)pipe;
-  if (cred->pid <= 0) return UV_ENOTSUP;
-  pid_t sid = getsid((pid_t)cred->pid);
-  return sid < 0 ? -errno : (long)sid;
+long np_platform_peer_posix_session(uv_pipe_t *pipe, const np_cred *cred) {
+  return peer_value(pipe, cred, posix_session_of);
 }
 
 long np_platform_pid(void) { return (long)getpid(); }

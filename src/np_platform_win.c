@@ -147,6 +147,15 @@ long np_platform_peer_session(uv_pipe_t *pipe, const np_cred *cred) {
   return ok ? (long)sid : uv_translate_sys_error((int)GetLastError());
 }
 
+/* Windows has no POSIX session (its session is the login one above). */
+long np_platform_posix_session_id(void) { return UV_ENOTSUP; }
+
+long np_platform_peer_posix_session(uv_pipe_t *pipe, const np_cred *cred) {
+  (void)pipe;
+  (void)cred;
+  return UV_ENOTSUP;
+}
+
 long np_platform_pid(void) { return (long)GetCurrentProcessId(); }
 
 /* No count of unread bytes on a named pipe: np_platform_flush_start waits instead. */

@@ -172,6 +172,7 @@ TEST_IMPL(echo_flush_disconnect) {
   np_cred cred;
   CHECK(np_conn_peer(W.server_side, &cred) == 0 && cred.pid == np_platform_pid());
   CHECK(np_conn_peer_session(W.server_side) == np_platform_session_id());
+  CHECK(np_conn_peer_posix_session(W.server_side) == np_platform_posix_session_id());
 
   for (int i = 0; i < 10; i++) {
     char msg[32];

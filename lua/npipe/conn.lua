@@ -240,6 +240,7 @@ local function capture(conn)
   end
   conn._cred = { pid = pid, uid = uid, gid = gid, sid = conn._c:peer_sid() }
   conn._sid, conn._sid_err, conn._sid_code = sid, sid_err, sid_code
+  conn._psid, conn._psid_err, conn._psid_code = conn._c:posix_session()
 end
 
 local function peer(self)
@@ -255,7 +256,13 @@ local function peer_session(self)
   return self._sid
 end
 
---- GetNamedPipeClientSessionId (server side) / the session of this process (client side).
+local function peer_posix_session(self)
+  if not peer(self) then return nil, "peer credentials are not available", "ENOTSUP" end
+  if self._psid == nil then return nil, self._psid_err, self._psid_code end
+  return self._psid
+end
+
+--- GetNamedPipeClientSessionId (server side) / the login session of this process (client side).
 function Conn:session_id()
   if self._client then return core.session_id() end
   return peer_session(self)
@@ -265,6 +272,18 @@ end
 function Conn:server_session_id()
   if self._client then return peer_session(self) end
   return core.session_id()
+end
+
+--- The client's POSIX session (getsid), on Unix; nil, message, "ENOTSUP" on Windows.
+function Conn:posix_session_id()
+  if self._client then return core.posix_session_id() end
+  return peer_posix_session(self)
+end
+
+--- The server's POSIX session.
+function Conn:server_posix_session_id()
+  if self._client then return peer_posix_session(self) end
+  return core.posix_session_id()
 end
 
 -- One end's credentials: this process's ({pid}) when own, else the peer's (who: what
@@ -289,11 +308,13 @@ function Conn:process_id() return pid_of(self:credentials()) end
 function Conn:server_credentials() return credentials(self, not self._client, "server") end
 function Conn:server_process_id() return pid_of(self:server_credentials()) end
 
---- The peer as an allow policy sees it: {pid, uid, gid, sid, session_id}, fields nil where unknown.
+--- The peer as an allow policy sees it: {pid, uid, gid, sid, session_id, posix_session_id},
+-- fields nil where unknown.
 function M.peer_info(conn)
   local cred = peer(conn)
   local p = cred and copy(cred) or {}
   p.session_id = peer_session(conn)
+  p.posix_session_id = peer_posix_session(conn)
   return p
 end
 

@@ -145,8 +145,11 @@ function npipe.path(name)
   return core.resolve(name, "trust")
 end
 
---- GetNamedPipeServerSessionId for servers of this process.
+--- GetNamedPipeServerSessionId for servers of this process: the login session (Linux:
+-- the audit session id, 0 outside any login).
 function npipe.session_id() return core.session_id() end
+--- This process's POSIX session (getsid); nil, message, "ENOTSUP" on Windows.
+function npipe.posix_session_id() return core.posix_session_id() end
 
 ---- the loop ----
 

@@ -143,6 +143,18 @@ local function dequeue(owner)
   return job
 end
 
+--- Makes the owner's queued jobs (not the one running) that would call from call to
+-- instead: a server's handlers were swapped, and calls that have not started yet run the
+-- new code (server:set_handlers).
+function sched.retarget(owner, from, to)
+  local q = owner._jobs
+  if not q then return end
+  for i = q.head, q.tail do
+    local job = q[i]
+    if job[1] == from then job[1] = to end
+  end
+end
+
 --- Drops the owner's queued jobs (not the one running). The input stays as it is.
 function sched.clear(owner)
   local q = owner._jobs

@@ -26,6 +26,7 @@ Server.__close = function(self) self:close() end
 
 function Server:path() return self._path end
 function Server.session_id() return core.session_id() end
+function Server.posix_session_id() return core.posix_session_id() end
 function Server:is_open() return self._c:is_open() end
 
 -- The handler named name (connect, data, error, ...), or nil.
@@ -166,6 +167,24 @@ local function handlers_of(h)
   }
 end
 
+--- Swaps the server's handlers (a table or a function, as listen takes them) at once: a
+-- handler call in progress finishes on the old code; every call that starts later, for
+-- every connection (those open now too), runs the new code, also calls already queued.
+function Server:set_handlers(handlers)
+  if type(handlers) ~= "function" then check_type("set_handlers", 1, handlers, "table") end
+  local h = handlers_of(handlers)
+  local old_data = self._on_data
+  self._handlers, self._on_data = h, h.data
+  self._c:set_data(h.data) -- the C fast path's data handler (src/lnpipe_fast.c)
+  -- the per-message path submits the data handler itself (the other handlers are looked
+  -- up when their call starts): queued frames go to the new one, or to conn:read() now
+  local to = h.data or keep
+  if old_data and old_data ~= to then
+    for conn in pairs(self._conns) do sched.retarget(conn, old_data, to) end
+  end
+  return true
+end
+
 --- npipe.listen: CreateNamedPipe + ConnectNamedPipe for every client: serves name with handlers.
 function M.listen(name, opts, handlers)
   check_type("listen", 1, name, "string")
@@ -222,8 +241,13 @@ local function allowed(policy, who)
   if policy.sids and not (who.sid and member(policy.sids, who.sid)) then
     return false, "user SID " .. (who.sid or "unknown") .. " not allowed"
   end
-  if policy.same_session and who.session_id ~= core.session_id() then
-    return false, "client is in another session (" .. tostring(who.session_id) .. ")"
+  -- login sessions, as on Windows: a setsid child of the same login stays in it
+  if policy.same_session then
+    local own, err = core.session_id()
+    if own == nil then return false, "same_session: " .. tostring(err) end -- fails closed
+    if who.session_id ~= own then
+      return false, "client is in another login session (" .. tostring(who.session_id) .. ")"
+    end
   end
   return true
 end
@@ -247,13 +271,29 @@ end
 
 local events = {}
 
+-- connect, eof and disconnect calls look their handler up when they start, not when the
+-- event came: server:set_handlers may have swapped it while the call waited in the queue.
+local function run_connect(conn)
+  local fn = conn._server._handlers.connect
+  if fn then fn(conn) end
+end
+
+local function run_eof(conn)
+  local fn = conn._server._handlers.eof
+  if fn then fn(conn) end
+end
+
+local function run_disconnect(conn, reason, code)
+  local fn = conn._server._handlers.disconnect
+  if fn then fn(conn, reason, code) end
+end
+
 function events.accept(server, c)
   local conn = conns.new(c, server, server._high_water, server._framing)
   if not admit(server, conn) then return end
   server._conns[conn] = true
   c:direct() -- admitted: its frames may take the C fast path (src/lnpipe_fast.c)
-  local on_connect = server._handlers.connect
-  if on_connect then submit(conn, on_connect, conn) end
+  submit(conn, run_connect, conn)
 end
 
 -- A frame the C fast path did not deliver itself (src/lnpipe_fast.c says when).
@@ -276,8 +316,7 @@ function events.closed(conn, reason, code, lost_bytes, lost_msgs)
   end
   if server and server._conns[conn] then
     server._conns[conn] = nil
-    local on_disconnect = server._handlers.disconnect
-    if on_disconnect then submit(conn, on_disconnect, conn, reason, code) end
+    submit(conn, run_disconnect, conn, reason, code)
     if server._drained and next(server._conns) == nil then wake(server._drained, true) end
   end
 end
@@ -295,8 +334,7 @@ function events.eof(conn)
     end_at_eof(conn)
     return
   end
-  local on_eof = server._handlers.eof
-  if on_eof then submit(conn, on_eof, conn) end
+  submit(conn, run_eof, conn)
   submit(conn, end_at_eof, conn)
 end
 
