@@ -230,6 +230,39 @@ describe("a server that resets the pipe (closes with the request unread) #unix",
   end)
 end)
 
+describe("a server that says goodbye and closes #unix", function()
+  it("leaves its last words readable for a client whose next write fails (Python server)", function()
+    local path = helpers.tmp .. "/pybye.sock"
+    os.remove(path)
+    local pid, out = helpers.spawn(("exec python3 -c %s %s"):format(helpers.quote([[
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(1)
+print("ready", flush=True)
+a, _ = s.accept()
+a.sendall(b"bye\n")
+a.close()
+]]), helpers.quote(path)))
+    assert.truthy(helpers.wait_until(function() return (helpers.read_file(out) or ""):match("ready") end, 10))
+    local wrote, got
+    helpers.run(function()
+      local c = assert(npipe.connect(path, { framing = "lines", timeout = 5 }))
+      -- the loop does not run here (a blocking wait): "bye" and the close arrive while
+      -- nobody reads
+      for _ = 1, 500 do
+        if not helpers.alive(pid) then break end
+        os.execute("sleep 0.01")
+      end
+      wrote = helpers.pack(c:write("one more thing"))
+      got = helpers.pack(c:read(1))
+    end, 10)
+    os.remove(path)
+    assert.are.equal("EPIPE", wrote[3], "the write should find the server gone")
+    assert.are.same({ n = 1, "bye" }, got)
+  end)
+end)
+
 describe("memory #unix", function()
   after_each(helpers.close_tracked_servers)
 

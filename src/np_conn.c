@@ -77,8 +77,34 @@ void np__close_ending(np_conn *c, const char *late) {
   np__close_now(c, code, text, 1);
 }
 
+static void feed(np_conn *c, const char *data, size_t len);
+static int on_frame(void *ctx, const char *data, size_t len);
+
+/* A write found the peer gone (EPIPE, ECONNRESET). What it sent before it went may still
+ * be in the socket, unread only because the loop had not come round to it: it is
+ * delivered before the connection closes, as the loop's read would have, and a last
+ * unterminated line with it. Bounded: 16 reads of the engine's buffer at most. Not
+ * inside the framer, nor while input is held (kept bytes come first). */
+static void read_what_arrived(np_conn *c) {
+  if (c->state != C_OPEN || c->input_ended || c->feeding || c->kept_len > 0 || c->hold) return;
+  for (int i = 0; i < 16 && c->state == C_OPEN && c->kept_len == 0 && !c->hold; i++) {
+    long n = np_platform_read_now(&c->pipe, c->e->readbuf, READ_BUFFER_SIZE);
+    if (n > 0) {
+      if (c->server) c->server->stats.bytes_in += (uint64_t)n;
+      feed(c, c->e->readbuf, (size_t)n);
+      continue;
+    }
+    if (n == 0 || n == UV_ECONNRESET) (void)np_framer_finish(&c->fr, on_frame, c);
+    return;
+  }
+}
+
 void np__conn_fail(np_conn *c, int err, const char *what) {
   char reason[160];
+  if (c->state == C_OPEN && (err == UV_EPIPE || err == UV_ECONNRESET) && strcmp(what, "write") == 0) {
+    read_what_arrived(c);
+    if (c->state != C_OPEN) return; /* what it delivered ended the connection */
+  }
   /* After the peer's EOF, a failed write means the peer has gone entirely: that is the
    * end of stream it announced, not an I/O fault. */
   if (c->input_ended && (err == UV_EPIPE || err == UV_ECONNRESET)) {

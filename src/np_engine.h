@@ -3,7 +3,9 @@
  * through np_events and owns nothing but the opaque pointers it is handed.
  *
  * Events run from the loop, and also synchronously, inside some calls of the host:
- *   np_conn_write       closed, when the write fails (the connection is gone then)
+ *   np_conn_write       closed, when the write fails (the connection is gone then); when it
+ *                       found the peer gone (EPIPE, ECONNRESET), first a frame for each one
+ *                       the peer sent before it went that was not read yet
  *   np_conn_end         flushed and closed, when nothing is left to deliver
  *   np_conn_disconnect  closed
  *   np_conn_hold (and np_conn_resume), releasing the last hold: frame for each kept
@@ -110,7 +112,9 @@ int np_conn_open_fd(np_engine *e, int fd, const np_conn_opts *opts, np_conn **ou
  * high_water (the host should wait for the drained event before writing more), or a
  * negative uv error code: UV_ENOTCONN once the connection is ending or closed, UV_E2BIG
  * for a frame over 4 GiB (no event for these); any other error (I/O, out of memory)
- * ends the connection, and its closed event runs inside this call, before it returns. */
+ * ends the connection, and its closed event runs inside this call, before it returns.
+ * A peer that has gone may have sent frames not read yet: their frame events come first,
+ * inside this call too, so that a close loses nothing that had arrived. */
 int np_conn_write(np_conn *c, const char *data, size_t len);
 /* DisconnectNamedPipe: immediate; queued writes and unread input are dropped (on
  * Windows also what the client has not read yet; a Unix peer still reads it).

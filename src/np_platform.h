@@ -68,6 +68,11 @@ long np_platform_posix_session_id(void);
 long np_platform_peer_posix_session(uv_pipe_t *pipe, const np_cred *cred);
 long np_platform_pid(void);
 
+/* Reads what has already arrived on the pipe, without waiting: the bytes read, 0 at the
+ * end of stream, UV_EAGAIN when nothing is there now, another negative uv error, or
+ * UV_ENOTSUP where the OS offers no such read (Windows: libuv owns the handle's reads). */
+long np_platform_read_now(uv_pipe_t *pipe, char *buf, size_t len);
+
 /* Bytes written on this pipe that the peer has not read yet (SIOCOUTQ on Linux);
  * UV_ECONNRESET when the peer closed without reading them all; UV_ENOTSUP when the
  * OS cannot tell, in which case np_platform_flush_start waits instead. */

@@ -264,6 +264,14 @@ long np_platform_pid(void) { return (long)getpid(); }
 /* A peer that closes with our bytes unread frees them, so SIOCOUTQ reads 0 as if it
  * had read them; but Linux first marks our socket with ECONNRESET, which poll shows as
  * POLLERR without consuming it (a read would). */
+long np_platform_read_now(uv_pipe_t *pipe, char *buf, size_t len) {
+  int fd = pipe_fd(pipe);
+  if (fd < 0) return UV_EBADF;
+  ssize_t n = recv(fd, buf, len, MSG_DONTWAIT);
+  if (n >= 0) return (long)n;
+  return errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
+}
+
 long np_platform_unread(uv_pipe_t *pipe) {
 #if defined(SIOCOUTQ)
   int n = 0;

@@ -159,6 +159,11 @@ long np_platform_peer_posix_session(uv_pipe_t *pipe, const np_cred *cred) {
 long np_platform_pid(void) { return (long)GetCurrentProcessId(); }
 
 /* No count of unread bytes on a named pipe: np_platform_flush_start waits instead. */
+long np_platform_read_now(uv_pipe_t *pipe, char *buf, size_t len) {
+  (void)pipe, (void)buf, (void)len;
+  return UV_ENOTSUP;
+}
+
 long np_platform_unread(uv_pipe_t *pipe) {
   (void)pipe;
   return UV_ENOTSUP;
