@@ -335,8 +335,7 @@ int np__conn_open(np_conn *c) {
   c->state = C_OPEN;
   c->native = c->opts.framing == NP_FRAMING_MESSAGE && np_platform_message_pipe(&c->pipe);
   np_platform_peer_cred(&c->pipe, &c->cred);
-  c->session = np_platform_peer_session(&c->pipe, &c->cred);
-  c->posix_session = np_platform_peer_posix_session(&c->pipe, &c->cred);
+  np_platform_peer_sessions(&c->pipe, &c->cred, &c->session, &c->posix_session);
   LIST_ADD(c->e->conns, c);
   c->reading = 1;
   return uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);

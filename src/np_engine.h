@@ -158,7 +158,7 @@ void np_conn_resume(np_conn *c); /* np_conn_hold(c, NP_HOLD_USER, 0): may emit e
 int np_conn_is_open(const np_conn *c);
 int np_conn_peer(np_conn *c, np_cred *out);
 /* GetNamedPipeClientSessionId / GetNamedPipeServerSessionId: the peer's login session
- * (np_platform_peer_session), taken at connect time. */
+ * (np_platform_peer_sessions), taken at connect time. */
 long np_conn_peer_session(np_conn *c);
 /* The peer's POSIX session (getsid), taken at connect time; UV_ENOTSUP on Windows. */
 long np_conn_peer_posix_session(np_conn *c);

@@ -57,15 +57,16 @@ int np_platform_peer_cred(uv_pipe_t *pipe, np_cred *out);
  * login sessions (no such file). <0: uv error code. */
 long np_platform_session_id(void);
 
-/* Login session id of the process at the other end of a connected pipe (whose identity,
- * taken at connect time, is cred): /proc/<pid>/sessionid on Linux, 0 as above; on Windows
- * GetNamedPipeClientSessionId on a server end, GetNamedPipeServerSessionId on a client end. */
-long np_platform_peer_session(uv_pipe_t *pipe, const np_cred *cred);
-
-/* The POSIX session (getsid, a terminal's job-control group) of this process and of the
- * peer; UV_ENOTSUP where there is none (Windows). */
+/* The POSIX session (getsid, a terminal's job-control group) of this process; UV_ENOTSUP
+ * where there is none (Windows). */
 long np_platform_posix_session_id(void);
-long np_platform_peer_posix_session(uv_pipe_t *pipe, const np_cred *cred);
+
+/* The sessions of the process at the other end of a connected pipe (whose identity,
+ * taken at connect time, is cred), each an id or a uv error code. login: the login
+ * session, /proc/<pid>/sessionid on Linux, 0 as above; on Windows
+ * GetNamedPipeClientSessionId on a server end, GetNamedPipeServerSessionId on a client
+ * end. posix: getsid(pid); UV_ENOTSUP on Windows. */
+void np_platform_peer_sessions(uv_pipe_t *pipe, const np_cred *cred, long *login, long *posix);
 long np_platform_pid(void);
 
 /* Reads what has already arrived on the pipe, without waiting: the bytes read, 0 at the

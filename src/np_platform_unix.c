@@ -12,6 +12,7 @@
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -202,9 +203,15 @@ static int peer_pidfd(uv_pipe_t *pipe) {
 }
 
 /* Whether the process behind pidfd has not been reaped: until then its pid cannot be
- * reused, so what was read under that pid was the peer's. fdinfo says "Pid: -1" once
- * it has been; a kernel that does not say is trusted. */
+ * reused, so what was read under that pid was the peer's. Signal 0 through the pidfd
+ * (one system call) succeeds until the process is reaped (a zombie too) and then fails
+ * with ESRCH; without that call, fdinfo says "Pid: -1" once it has been reaped; a
+ * kernel that tells neither is trusted. */
 static int pidfd_alive(int pidfd) {
+#if defined(SYS_pidfd_send_signal)
+  if (syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) == 0) return 1;
+  if (errno == ESRCH) return 0;
+#endif
   char path[64], buf[512];
   snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pidfd);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -215,21 +222,6 @@ static int pidfd_alive(int pidfd) {
   buf[n] = '\0';
   const char *p = strstr(buf, "\nPid:");
   return p == NULL || strtol(p + 5, NULL, 10) > 0;
-}
-
-/* Reads the peer's value by its pid, then checks with the peer's pidfd (where the
- * kernel gives one) that the pid was not reused by another process meanwhile: a client
- * that exits right after connecting must not lend its pid, and a session that
- * same_session admits, to an unrelated process. */
-static long peer_value(uv_pipe_t *pipe, const np_cred *cred, long (*read_value)(long pid)) {
-  if (cred->pid <= 0) return UV_ENOTSUP;
-  int pidfd = peer_pidfd(pipe);
-  long v = read_value(cred->pid);
-  if (pidfd >= 0) {
-    if (!pidfd_alive(pidfd)) v = UV_ESRCH;
-    close(pidfd);
-  }
-  return v;
 }
 
 static long posix_session_of(long pid) {
@@ -246,8 +238,23 @@ static long peer_login_session(long pid) {
   return read_login_session("self") == UV_ENOENT ? 0 : UV_ESRCH;
 }
 
-long np_platform_peer_session(uv_pipe_t *pipe, const np_cred *cred) {
-  return peer_value(pipe, cred, peer_login_session);
+/* Reads the peer's sessions by its pid, then checks with the peer's pidfd (where the
+ * kernel gives one) that the pid was not reused by another process meanwhile: a client
+ * that exits right after connecting must not lend its pid, and a session that
+ * same_session admits, to an unrelated process. Both at once: every accept pays for
+ * this, so one pidfd serves both. */
+void np_platform_peer_sessions(uv_pipe_t *pipe, const np_cred *cred, long *login, long *posix) {
+  if (cred->pid <= 0) {
+    *login = *posix = UV_ENOTSUP;
+    return;
+  }
+  int pidfd = peer_pidfd(pipe);
+  *login = peer_login_session(cred->pid);
+  *posix = posix_session_of(cred->pid);
+  if (pidfd >= 0) {
+    if (!pidfd_alive(pidfd)) *login = *posix = UV_ESRCH;
+    close(pidfd);
+  }
 }
 
 long np_platform_posix_session_id(void) {
@@ -255,9 +262,6 @@ long np_platform_posix_session_id(void) {
   return sid < 0 ? -errno : (long)sid;
 }
 
-long np_platform_peer_posix_session(uv_pipe_t *pipe, const np_cred *cred) {
-  return peer_value(pipe, cred, posix_session_of);
-}
 
 long np_platform_pid(void) { return (long)getpid(); }
 

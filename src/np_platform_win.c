@@ -139,22 +139,17 @@ long np_platform_session_id(void) {
   return (long)sid;
 }
 
-long np_platform_peer_session(uv_pipe_t *pipe, const np_cred *cred) {
+/* Windows has no POSIX session (its session is the login one). */
+void np_platform_peer_sessions(uv_pipe_t *pipe, const np_cred *cred, long *login, long *posix) {
   (void)cred;
   HANDLE h = pipe_handle(pipe);
   ULONG sid = 0;
   BOOL ok = is_server_end(h) ? GetNamedPipeClientSessionId(h, &sid) : GetNamedPipeServerSessionId(h, &sid);
-  return ok ? (long)sid : uv_translate_sys_error((int)GetLastError());
+  *login = ok ? (long)sid : uv_translate_sys_error((int)GetLastError());
+  *posix = UV_ENOTSUP;
 }
 
-/* Windows has no POSIX session (its session is the login one above). */
 long np_platform_posix_session_id(void) { return UV_ENOTSUP; }
-
-long np_platform_peer_posix_session(uv_pipe_t *pipe, const np_cred *cred) {
-  (void)pipe;
-  (void)cred;
-  return UV_ENOTSUP;
-}
 
 long np_platform_pid(void) { return (long)GetCurrentProcessId(); }
 
