@@ -272,8 +272,11 @@ describe("memory #unix", function()
     assert.equals(5, #conns)
     -- each: a write queue of about high_water (1 MiB), at most one kept read (64 KiB),
     -- and a bounded job queue. Measured: 5.6 MiB in all; 15 MiB when frames cost only
-    -- their bytes; 285 MB before the queue counted its cost (58 MB a client)
-    assert.is_true(grown < 5 * (ASAN and 4 or 2) * 1024, ("server grew by %d KiB"):format(grown))
+    -- their bytes; 285 MB before the queue counted its cost (58 MB a client). Under ASan
+    -- freed memory waits in its quarantine instead of being reused, so RSS follows what
+    -- was allocated, not what is held: 22.7-23.6 MiB seen on a loaded machine, so the bound
+    -- there only tells the unbounded case apart
+    assert.is_true(grown < 5 * (ASAN and 12 or 2) * 1024, ("server grew by %d KiB"):format(grown))
     for _, conn in ipairs(conns) do assert.is_true(conn:queued() < 1100 * 1024, conn:queued()) end
   end)
 
