@@ -93,16 +93,20 @@ static lua_State *event_begin(box *b, int ev) {
   return NULL;
 }
 
+void lnp_pcall(lua_State *L, int nargs, const char *what, const char *kind) {
+  if (lua_pcall(L, nargs, 0, 0) != 0) {
+    fprintf(stderr, "npipe: internal error in %s%s: %s\n", what, kind, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
 static void event_call(box *b, int ev, int nargs) {
   ctx *x = b->x;
   if (x->pcall) {
     lnp_luv_call(x, nargs + 1);
     return;
   }
-  if (lua_pcall(x->L, nargs + 1, 0, 0) != 0) {
-    fprintf(stderr, "npipe: internal error in %s event: %s\n", event_names[ev], lua_tostring(x->L, -1));
-    lua_pop(x->L, 1);
-  }
+  lnp_pcall(x->L, nargs + 1, event_names[ev], " event");
 }
 
 void lnp_dispatch0(box *b, int ev) {

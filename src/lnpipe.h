@@ -94,6 +94,10 @@ int lnp_push_error(lua_State *L, int code, const char *msg);
 box *lnp_new_box(lua_State *L, ctx *x, void *p, const char *mt, box_kind kind);
 /* The C object of the box at idx, or a Lua error when it has been closed. */
 void *lnp_check_open(lua_State *L, int idx, const char *mt, const char *what);
+/* Calls the function below nargs values on L; an error there is a bug in npipe (the Lua
+ * side catches handler errors itself), reported on stderr as an internal error in what
+ * (with kind after it: " event", or ""), and survived. */
+void lnp_pcall(lua_State *L, int nargs, const char *what, const char *kind);
 /* Calls ev's Lua function with b's object alone, when there is a b and it can take
  * events (its context open, its Lua object alive). */
 void lnp_dispatch0(box *b, int ev);

@@ -2,15 +2,15 @@
  * done without Lua frames of npipe's own:
  *   - a frame for an admitted server connection, arriving when no job runs and the
  *     connection has no job waiting or queued, starts the server's data handler straight
- *     from C in one of npipe.sched's pooled workers (what sched.event, events.frame,
- *     sched.submit and sched.start do in Lua);
+ *     from C as the body of a pooled plain coroutine (what sched.event, events.frame,
+ *     sched.submit and sched.start do in Lua with a worker);
  *   - conn:write on an open connection with room under high_water queues the string
  *     from C (what Conn:write and the core write method do).
  * Every other case takes the Lua path, which stays the definition of the behaviour: a
  * job waiting or queued, an event arriving inside a job, luv's loop (its callbacks go
- * through luv's own pcall), and Lua 5.1/5.2 (no lua_callk continuations to wait in).
+ * through luv's own pcall), and Lua 5.1, 5.2 and LuaJIT (built for 5.3's lua_resume and
+ * lua_callk continuations only).
  * The scheduler's state that both sides use is sched.lua's table S (slots S_*). */
-#include <stdio.h>
 #include <stdlib.h>
 
 #include "lnpipe.h"
@@ -39,15 +39,6 @@ static int resume(lua_State *co, lua_State *from, int nargs, int *nres) {
   *nres = lua_gettop(co);
   return st;
 #endif
-}
-
-/* Calls the function below nargs values on L; an error there is a bug in npipe,
- * reported and survived, as in lnpipe.c's events. */
-static void call_lua(lua_State *L, int nargs, const char *what) {
-  if (lua_pcall(L, nargs, 0, 0) != 0) {
-    fprintf(stderr, "npipe: internal error in %s: %s\n", what, lua_tostring(L, -1));
-    lua_pop(L, 1);
-  }
 }
 
 /* ---- the pool of plain coroutines ----
@@ -98,7 +89,7 @@ static lua_State *take_plain(ctx *x, lua_State *L, int s) {
   lua_State *co = lua_newthread(L);
   lua_rawgeti(L, s, S_REGISTER);
   lua_pushvalue(L, -2);
-  call_lua(L, 1, "the scheduler");
+  lnp_pcall(L, 1, "the scheduler", "");
   return co;
 }
 
@@ -117,7 +108,7 @@ static void after_job(ctx *x, lua_State *L, lua_State *co, int st, int nres, int
     if (!runnable) return;
     lua_rawgeti(L, s, S_ENDED);
     lua_pushvalue(L, conn);
-    call_lua(L, 1, "the scheduler");
+    lnp_pcall(L, 1, "the scheduler", "");
     return;
   }
   lua_rawgeti(L, s, S_AFTER);
@@ -134,7 +125,7 @@ static void after_job(ctx *x, lua_State *L, lua_State *co, int st, int nres, int
   } else {
     lua_pushnil(L);
   }
-  call_lua(L, 4, "the scheduler");
+  lnp_pcall(L, 4, "the scheduler", "");
 }
 
 /* Every lua_ call costs; this path makes as few as it can, and leaves what it pushed
