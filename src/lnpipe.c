@@ -37,12 +37,12 @@ int lnp_push_error(lua_State *L, int code, const char *msg) {
 
 /* ---- objects ---- */
 
-box *lnp_new_box(lua_State *L, ctx *x, void *p, const char *mt, box_kind kind) {
-  box *b = lua_newuserdata(L, sizeof *b);
+box *lnp_new_box(lua_State *L, ctx *x, void *p, const char *mt, box_kind kind, int nuv) {
+  box *b = nuv ? np_newuserdata1(L, sizeof *b) : lua_newuserdata(L, sizeof *b);
   memset(b, 0, sizeof *b);
   b->x = x;
   b->p = p;
-  b->kind = kind;
+  b->kind = (unsigned char)kind;
   b->ref = b->data_ref = LUA_NOREF;
   luaL_setmetatable(L, mt);
   if (kind == BOX_SELF) { /* BOX_BOUND: through core.bind */
@@ -54,10 +54,10 @@ box *lnp_new_box(lua_State *L, ctx *x, void *p, const char *mt, box_kind kind) {
   return b;
 }
 
-/* Pushes the Lua object that stands for b (see box_kind): for connections and servers
- * the table bound to it by core.bind (the object user code sees; an event for one that
- * Lua has let go is dropped), for timers and signals the userdata itself. */
-static int push_box(lua_State *L, box *b) {
+/* Pushes the Lua object that stands for b (see box_kind): for servers the table bound
+ * to it by core.bind (the object user code sees; an event for one that Lua has let go
+ * is dropped), for connections, timers and signals the userdata itself. */
+int lnp_push_object(lua_State *L, box *b) {
   if (b->ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, b->ref);
     return 1;
@@ -88,7 +88,7 @@ static lua_State *event_begin(box *b, int ev) {
   if (b == NULL || b->x->L == NULL || b->x->closed) return NULL;
   lua_State *L = b->x->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->x->refs[ev]);
-  if (push_box(L, b)) return L;
+  if (lnp_push_object(L, b)) return L;
   lua_pop(L, 1);
   return NULL;
 }
@@ -120,7 +120,15 @@ static void ev_accept(np_server *s, np_conn *c) {
     np_conn_end(c, "SHUTDOWN", "server object is gone");
     return;
   }
-  box *b = lnp_new_box(L, sb->x, c, CONN_MT, BOX_BOUND);
+  if (sb->conns++ == 0) { /* the server's table (pushed by event_begin) */
+    lua_pushvalue(L, -1);
+    sb->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  /* Held by a registry reference until its closed event: that costs less than an entry
+   * of the objects table, and the fast path pushes it with one lua_rawgeti. */
+  box *b = lnp_new_box(L, sb->x, c, CONN_MT, BOX_SELF, 1);
+  lua_pushvalue(L, -1);
+  b->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   b->id = np_conn_id(c);
   b->server = sb;
   b->last_active = uv_now(sb->x->loop);
@@ -139,8 +147,7 @@ static void ev_frame(np_conn *c, const char *data, size_t len) {
   event_call(b, EV_FRAME, 1);
 }
 
-/* After its closed event, a server's connection is its Lua table's own again: the
- * table goes when nothing else holds it. */
+/* After its closed event, a server's connection goes when nothing else holds it. */
 static void let_go(box *b, lua_State *L) {
   b->direct = 0;
   if (b->ref == LUA_NOREF) return;
@@ -148,13 +155,20 @@ static void let_go(box *b, lua_State *L) {
   b->ref = LUA_NOREF;
 }
 
+/* Without memory the peer is unknown after the close, as for a peer the OS does not name. */
+static void keep_peer(box *b, np_conn *c) {
+  np_cred cr;
+  if (b->kept || np_conn_peer(c, &cr) < 0 || (b->kept = malloc(sizeof *b->kept)) == NULL) return;
+  b->kept->cred = cr;
+  b->kept->session = np_conn_peer_session(c);
+  b->kept->posix_session = np_conn_peer_posix_session(c);
+}
+
 static void ev_closed(np_conn *c, const char *code, const char *reason) {
   box *b = np_conn_data(c);
   if (!b) return;
   b->direct = 0;
-  b->peer_kept = np_conn_peer(c, &b->cred) == 0;
-  b->session = np_conn_peer_session(c);
-  b->posix_session = np_conn_peer_posix_session(c);
+  keep_peer(b, c);
   lua_State *L = event_begin(b, EV_CLOSED);
   if (L == NULL) return;
   uint64_t bytes, msgs;
@@ -270,7 +284,7 @@ static int l_listen(lua_State *L) {
   char err[ERR_LEN];
   int rc = np_server_listen(x->engine, path, &o, &s, err, sizeof err);
   if (rc < 0) return lnp_push_error(L, rc, err);
-  np_server_set_data(s, lnp_new_box(L, x, s, SERVER_MT, BOX_BOUND));
+  np_server_set_data(s, lnp_new_box(L, x, s, SERVER_MT, BOX_BOUND, 0));
   return 1;
 }
 
@@ -284,7 +298,7 @@ static void check_client_opts(lua_State *L, np_conn_opts *o) {
  * message, code. */
 static int conn_result(lua_State *L, ctx *x, int rc, np_conn *c) {
   if (rc < 0) return lnp_push_error(L, rc, NULL);
-  box *b = lnp_new_box(L, x, c, CONN_MT, BOX_BOUND);
+  box *b = lnp_new_box(L, x, c, CONN_MT, BOX_SELF, 1);
   b->id = np_conn_id(c);
   np_conn_set_data(c, b);
   return 1;
@@ -301,21 +315,12 @@ static int l_connect(lua_State *L) {
   return conn_result(L, x, rc, c);
 }
 
-/* Binds a Lua table to a core object: events then carry the table. The table holds
- * the userdata; both go when user code lets go of the table. A server's connection
- * is held until it closes (its server's table of connections holds it as long), by a
- * registry reference, which costs less than an entry of the weak table. */
+/* Binds a Lua table to a server: events then carry the table. The table holds the
+ * userdata; both go when user code lets go of the table. */
 static int l_bind(lua_State *L) {
   ctx *x = lnp_ctx(L);
-  box *b = lua_touserdata(L, 1);
-  luaL_argcheck(L, b != NULL && lua_getmetatable(L, 1), 1, "npipe object expected");
-  lua_pop(L, 1);
+  box *b = luaL_checkudata(L, 1, SERVER_MT);
   luaL_checktype(L, 2, LUA_TTABLE);
-  if (b->server != NULL && b->p != NULL && b->ref == LUA_NOREF) {
-    lua_pushvalue(L, 2);
-    b->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    return 0;
-  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, x->bound);
   lua_pushvalue(L, 2);
   lua_rawsetp(L, -2, b);
@@ -501,8 +506,6 @@ static void create_ctx(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, CTX_KEY);
   x->objects = weak_table(L);
   x->bound = weak_table(L);
-  lua_pushliteral(L, "_jobs");
-  x->jobs_key = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
   x->pool_anchor = luaL_ref(L, LUA_REGISTRYINDEX);
 }
@@ -516,7 +519,7 @@ static const luaL_Reg module_functions[] = {
     {"backend_timeout", l_backend_timeout}, {"open_fd", l_open_fd}, {"probe", l_probe},
     {"scandir", l_scandir},     {"signal", lnp_signal},     {"share", lnp_share},
     {"fast_write", lnp_fast_write}, {"loop_now", l_loop_now},
-    {"plain_give", lnp_plain_give}, {NULL, NULL}};
+    {"plain_give", lnp_plain_give}, {"conn_class", lnp_conn_class}, {NULL, NULL}};
 
 int luaopen_npipe_core(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, CTX_KEY);
@@ -530,5 +533,7 @@ int luaopen_npipe_core(lua_State *L) {
   lua_setfield(L, -2, "version");
   lnp_fast_push_done(L);
   lua_setfield(L, -2, "DONE");
+  lnp_push_conn_functions(L);
+  lua_setfield(L, -2, "conn");
   return 1;
 }

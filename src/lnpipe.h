@@ -47,7 +47,6 @@ typedef struct ctx {
   host_pcall pcall; /* on luv's loop: luv's way of calling back into Lua */
   lhandle *handles;
   int fast;         /* sched.lua's shared state S (lnpipe_fast.c), or LUA_NOREF */
-  int jobs_key;     /* the string "_jobs": a connection's job queue field in sched.lua */
   /* the fast path's idle plain coroutines: lnpipe_fast.c */
   lua_State **pool;
   int npool, pool_cap, pool_anchor;
@@ -55,31 +54,43 @@ typedef struct ctx {
 
 /* How events find the Lua object that stands for a box. */
 typedef enum {
-  BOX_BOUND, /* the table core.bind binds to it (servers, connections) */
-  BOX_SELF   /* the userdata itself, kept in ctx.objects (timers, signals) */
+  BOX_BOUND, /* the table core.bind binds to it (servers) */
+  BOX_SELF   /* the userdata itself: kept in ctx.objects (timers, signals, a client's
+              * connection), or by its ref (a server's connection) */
 } box_kind;
 
-/* The userdata behind every core object. */
-typedef struct box {
-  ctx *x;
-  void *p;  /* np_conn*, np_server* or lhandle*; NULL once the C object is gone */
-  box_kind kind;
-  /* connections: the peer's identity, kept when the C object goes */
+/* The peer's identity of a connection whose C object is gone: what conn:peer() and
+ * the session methods still answer after the close. Allocated then, so that an open
+ * connection does not carry a copy of what its np_conn has. */
+typedef struct kept_peer {
   np_cred cred;
   long session;
   long posix_session;
-  int peer_kept;
-  /* connections: its id; its server's box (NULL for a client's end); a server's
-   * connection's Lua table, held from core.bind until its closed event (LUA_NOREF
-   * otherwise: x->bound has it); whether the fast path may run its frames' handler
-   * (lnpipe_fast.c); when it last was accepted or got a frame (loop ms) */
+} kept_peer;
+
+/* The userdata behind every core object. A connection's userdata is the connection
+ * object user code sees (lua/npipe/conn.lua's Conn methods through CONN_MT's __index):
+ * one allocation per connection, its Lua fields in a table (its user value) made at the
+ * first field set, so that an idle connection costs little (issue 13). */
+typedef struct box {
+  ctx *x;
+  void *p;  /* np_conn*, np_server* or lhandle*; NULL once the C object is gone */
+  /* connections: its id; its server's box (NULL for a client's end); when it last was
+   * accepted or got a frame (loop ms); the peer as kept at close (NULL before) */
   uint64_t id;
   struct box *server;
-  int ref;
-  int direct;
   uint64_t last_active;
-  /* servers: the data handler the fast path runs (LUA_NOREF: none) */
+  kept_peer *kept;
+  /* A server's connection is held from its accept until its closed event by a registry
+   * reference (LUA_NOREF otherwise; the objects table then finds it). A server's table
+   * is held while a connection of its is alive (conns of them): conn._server finds it
+   * through the box. Servers: the data handler the fast path runs (LUA_NOREF: none). */
+  int ref;
   int data_ref;
+  int conns;
+  unsigned char kind;   /* box_kind */
+  unsigned char direct; /* the fast path may run its frames' handler (lnpipe_fast.c) */
+  unsigned char jobs;   /* its Lua field _jobs is set: sched.lua has jobs of it */
 } box;
 
 /* Events arrive on whichever Lua thread called into C; remember it for the call. */
@@ -91,7 +102,12 @@ extern const np_events lnp_engine_events;
 ctx *lnp_ctx(lua_State *L);
 /* nil, message (msg, or the code's own text when msg is NULL or empty), code name: 3. */
 int lnp_push_error(lua_State *L, int code, const char *msg);
-box *lnp_new_box(lua_State *L, ctx *x, void *p, const char *mt, box_kind kind);
+/* A new userdata box for p, with metatable mt; nuv: its user values (0, or 1 for a
+ * connection's field table). */
+box *lnp_new_box(lua_State *L, ctx *x, void *p, const char *mt, box_kind kind, int nuv);
+/* Pushes the Lua object that stands for b: 1, or 0 with nothing pushed when Lua has let
+ * it go. */
+int lnp_push_object(lua_State *L, box *b);
 /* The C object of the box at idx, or a Lua error when it has been closed. */
 void *lnp_check_open(lua_State *L, int idx, const char *mt, const char *what);
 /* Calls the function below nargs values on L; an error there is a bug in npipe (the Lua
@@ -109,6 +125,8 @@ void lnp_let_go_of_host_loop(ctx *x);
 /* ---- lnpipe_objects.c ---- */
 
 void lnp_objects_open(lua_State *L); /* creates the metatables of servers and connections */
+int lnp_conn_class(lua_State *L);    /* core.conn_class(Conn) */
+void lnp_push_conn_functions(lua_State *L); /* core.conn */
 
 /* ---- lnpipe_handles.c ---- */
 

@@ -134,15 +134,14 @@ int lnp_fast_frame(box *b, const char *data, size_t len) {
   ctx *x = b->x;
   lua_State *L = x->L;
   box *sb = b->server;
-  if (L == NULL || x->closed || x->pcall || x->fast == LUA_NOREF || !b->direct || sb == NULL ||
+  /* b->jobs: a job of this connection waits or is queued */
+  if (L == NULL || x->closed || x->pcall || x->fast == LUA_NOREF || !b->direct || b->jobs || sb == NULL ||
       sb->data_ref == LUA_NOREF || !lua_checkstack(L, 12))
     return 0;
   int top = lua_gettop(L), s = top + 1, conn = top + 2;
   lua_rawgeti(L, LUA_REGISTRYINDEX, x->fast);
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->ref);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, x->jobs_key);
-  /* no job runs now, and none of this connection's waits or is queued */
-  int idle = lua_rawget(L, conn) == LUA_TNIL && lua_rawgeti(L, s, S_CURRENT) == LUA_TNIL;
+  int idle = lua_rawgeti(L, s, S_CURRENT) == LUA_TNIL; /* no job runs now */
   /* (An empty coroutine has room for the three values: Lua never shrinks a stack
    * below BASIC_STACK_SIZE slots.) */
   lua_State *co = idle ? take_plain(x, L, s) : NULL;
@@ -167,7 +166,7 @@ int lnp_fast_frame(box *b, const char *data, size_t len) {
 
 /* ---- conn:write ---- */
 
-enum { UP_KEY = 1, UP_MT, UP_SLOW, UP_DRAIN };
+enum { UP_MT = 1, UP_SLOW, UP_DRAIN };
 
 static int write_done(lua_State *L, int status, lua_KContext base) {
   (void)status;
@@ -184,16 +183,14 @@ static int call_slow(lua_State *L, int up, int nargs) {
   return write_done(L, LUA_OK, base);
 }
 
-/* conn:write(data) with a string: the connection's box when arg 1 is a connection table
- * of npipe's (its _c a userdata with npipe's connection metatable; the metatable's
- * address is the upvalue UP_MT), else NULL. Leaves values on the stack above arg 2. */
+/* conn:write(data) with a string: the connection's box when arg 1 is a connection of
+ * npipe's (a userdata with npipe's connection metatable, whose address is the upvalue
+ * UP_MT), else NULL. Leaves values on the stack above arg 2. */
 static box *conn_box(lua_State *L) {
-  if (lua_gettop(L) != 2 || lua_type(L, 2) != LUA_TSTRING || lua_type(L, 1) != LUA_TTABLE) return NULL;
-  lua_pushvalue(L, lua_upvalueindex(UP_KEY));
-  lua_rawget(L, 1);
-  box *b = lua_touserdata(L, 3);
-  if (b == NULL || !lua_getmetatable(L, 3)) return NULL;
-  return lua_topointer(L, 4) == lua_touserdata(L, lua_upvalueindex(UP_MT)) ? b : NULL;
+  if (lua_gettop(L) != 2 || lua_type(L, 2) != LUA_TSTRING) return NULL;
+  box *b = lua_touserdata(L, 1);
+  if (b == NULL || !lua_getmetatable(L, 1)) return NULL;
+  return lua_topointer(L, 3) == lua_touserdata(L, lua_upvalueindex(UP_MT)) ? b : NULL;
 }
 
 static int fast_write(lua_State *L) {
@@ -215,13 +212,12 @@ static int fast_write(lua_State *L) {
 int lnp_fast_write(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  lua_pushliteral(L, "_c");
   luaL_getmetatable(L, CONN_MT);
   lua_pushlightuserdata(L, (void *)lua_topointer(L, -1)); /* kept alive by the registry */
   lua_replace(L, -2);
   lua_pushvalue(L, 1);
   lua_pushvalue(L, 2);
-  lua_pushcclosure(L, fast_write, 4);
+  lua_pushcclosure(L, fast_write, 3);
   return 1;
 }
 

@@ -47,7 +47,7 @@ int lnp_timer(lua_State *L) {
   ctx *x = lnp_ctx(L);
   lhandle *h = lhandle_new(L, x);
   uv_timer_init(x->loop, &h->u.timer);
-  h->u.timer.data = lnp_new_box(L, x, h, TIMER_MT, BOX_SELF);
+  h->u.timer.data = lnp_new_box(L, x, h, TIMER_MT, BOX_SELF, 0);
   return 1;
 }
 
@@ -84,7 +84,7 @@ int lnp_signal(lua_State *L) {
   int which = luaL_checkoption(L, 1, NULL, names);
   lhandle *h = lhandle_new(L, x);
   uv_signal_init(x->loop, &h->u.signal);
-  h->u.signal.data = lnp_new_box(L, x, h, SIGNAL_MT, BOX_SELF);
+  h->u.signal.data = lnp_new_box(L, x, h, SIGNAL_MT, BOX_SELF, 0);
   int rc = uv_signal_start(&h->u.signal, on_signal, numbers[which]);
   if (rc < 0) return luaL_error(L, "cannot watch %s: %s", names[which], uv_strerror(rc));
   uv_unref(&h->u.handle); /* watching a signal alone does not keep npipe.run() going */

@@ -1,6 +1,12 @@
-/* npipe.core's servers and connections as Lua sees them: the methods of their
- * userdata. Their events are in lnpipe.c; user code sees them through the tables that
- * lua/npipe binds to them (core.bind). */
+/* npipe.core's servers and connections as Lua sees them. A server's userdata has its
+ * methods, and user code sees it through the table lua/npipe binds to it (core.bind).
+ * A connection's userdata is the object user code sees: CONN_MT finds the methods of
+ * lua/npipe/conn.lua's Conn (core.conn_class) and keeps its fields in a table made at
+ * the first field set; the C functions Conn's methods are built on are core.conn.*.
+ * Their events are in lnpipe.c. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "lnpipe.h"
 
 /* ---- server ---- */
@@ -92,6 +98,14 @@ static int conn_disconnect(lua_State *L) {
 
 static int conn_gc(lua_State *L) {
   box *b = luaL_checkudata(L, 1, CONN_MT);
+  free(b->kept);
+  b->kept = NULL;
+  box *sb = b->server;
+  b->server = NULL;
+  if (sb && --sb->conns == 0) { /* its server's table may go now */
+    luaL_unref(L, LUA_REGISTRYINDEX, sb->ref);
+    sb->ref = LUA_NOREF;
+  }
   if (b->p) {
     np_conn_set_data(b->p, NULL); /* no events for an object Lua has let go */
     np_conn_end(b->p, "GC", "connection object collected");
@@ -144,9 +158,9 @@ static int conn_peer(lua_State *L) {
   if (b->p) {
     if (np_conn_peer(b->p, &cr) < 0) return lnp_push_error(L, UV_ENOTSUP, "peer credentials are not available");
     sid = np_conn_peer_session(b->p);
-  } else if (b->peer_kept) {
-    cr = b->cred;
-    sid = b->session;
+  } else if (b->kept) {
+    cr = b->kept->cred;
+    sid = b->kept->session;
   } else {
     return lnp_push_error(L, UV_ENOTSUP, "peer credentials are not available");
   }
@@ -184,7 +198,7 @@ static int conn_peer_sid(lua_State *L) {
   box *b = luaL_checkudata(L, 1, CONN_MT);
   np_cred cr;
   if (b->p && np_conn_peer(b->p, &cr) == 0 && cr.sid[0]) lua_pushstring(L, cr.sid);
-  else if (!b->p && b->peer_kept && b->cred.sid[0]) lua_pushstring(L, b->cred.sid);
+  else if (!b->p && b->kept && b->kept->cred.sid[0]) lua_pushstring(L, b->kept->cred.sid);
   else lua_pushnil(L);
   return 1;
 }
@@ -193,7 +207,7 @@ static int conn_peer_sid(lua_State *L) {
  * integer, or nil, message, code. */
 static int conn_posix_session(lua_State *L) {
   box *b = luaL_checkudata(L, 1, CONN_MT);
-  long sid = b->p ? np_conn_peer_posix_session(b->p) : b->peer_kept ? b->posix_session : UV_ENOTSUP;
+  long sid = b->p ? np_conn_peer_posix_session(b->p) : b->kept ? b->kept->posix_session : UV_ENOTSUP;
   if (sid >= 0) {
     lua_pushinteger(L, sid);
     return 1;
@@ -209,17 +223,103 @@ static int conn_id(lua_State *L) {
   return 1;
 }
 
-void lnp_objects_open(lua_State *L) {
-  static const luaL_Reg server_methods[] = {
-      {"close", server_close}, {"path", server_path}, {"stats", server_stats},
-      {"is_open", server_is_open}, {"set_data", server_set_data}, {NULL, NULL}};
-  static const luaL_Reg conn_methods[] = {
+/* ---- a connection as an object ---- */
+
+/* The fields table of the connection at 1, made now if it has none; pushed. */
+static void push_fields(lua_State *L) {
+  if (np_getuv(L, 1) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 4);
+  lua_pushvalue(L, -1);
+  np_setuv(L, 1);
+}
+
+/* conn[k] for a k that is neither a field nor a method. */
+static int conn_index_special(lua_State *L) {
+  box *b = lua_touserdata(L, 1);
+  const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
+  if (strcmp(k, "state") == 0) { /* conn.state: a table of the user's, made when first asked for */
+    push_fields(L);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "state");
+    return 1;
+  }
+  if (strcmp(k, "_server") == 0 && b->server && lnp_push_object(L, b->server)) return 1;
+  lua_pushnil(L);
+  return 1;
+}
+
+/* __index: the connection's own fields, then the methods of Conn (upvalue 1), as a
+ * table with Conn as its __index would find them. */
+static int conn_index(lua_State *L) {
+  if (np_getuv(L, 1) == LUA_TTABLE) {
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);
+    if (!lua_isnil(L, -1)) return 1;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1));
+  if (!lua_isnil(L, -1)) return 1;
+  lua_pop(L, 1);
+  return conn_index_special(L);
+}
+
+/* __newindex: into the fields table. The field _jobs (sched.lua's queue of the
+ * connection's jobs) is mirrored in the box, where the fast path reads it. */
+static int conn_newindex(lua_State *L) {
+  box *b = lua_touserdata(L, 1);
+  push_fields(L);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 3);
+  lua_rawset(L, -3);
+  if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "_jobs") == 0) b->jobs = !lua_isnil(L, 3);
+  return 0;
+}
+
+/* core.conn_class(Conn): the methods of connections, and its __tostring and __close. */
+int lnp_conn_class(lua_State *L) {
+  static const char *const events[] = {"__tostring", "__close", NULL};
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_getmetatable(L, CONN_MT);
+  lua_getfield(L, -1, "__index");
+  lua_pushvalue(L, 1);
+  lua_setupvalue(L, -2, 1);
+  lua_pop(L, 1);
+  for (int i = 0; events[i]; i++) {
+    lua_getfield(L, 1, events[i]);
+    lua_setfield(L, -2, events[i]);
+  }
+  return 0;
+}
+
+/* Pushes core.conn: the C functions of connections, each taking the connection first. */
+void lnp_push_conn_functions(lua_State *L) {
+  static const luaL_Reg conn_functions[] = {
       {"write", conn_write},   {"disconnect", conn_disconnect}, {"flush", conn_flush},
       {"flush_cancel", conn_flush_cancel},
       {"hold", conn_hold},     {"queued", conn_queued},         {"is_open", conn_is_open},
       {"peer", conn_peer},     {"peer_sid", conn_peer_sid},     {"id", conn_id},
       {"posix_session", conn_posix_session},                    {"direct", conn_direct},
       {"last_active", conn_last_active}, {NULL, NULL}};
+  luaL_newlib(L, conn_functions);
+}
+
+void lnp_objects_open(lua_State *L) {
+  static const luaL_Reg server_methods[] = {
+      {"close", server_close}, {"path", server_path}, {"stats", server_stats},
+      {"is_open", server_is_open}, {"set_data", server_set_data}, {NULL, NULL}};
   lnp_new_metatable(L, SERVER_MT, server_methods, server_close);
-  lnp_new_metatable(L, CONN_MT, conn_methods, conn_gc);
+  if (luaL_newmetatable(L, CONN_MT)) {
+    lua_newtable(L); /* Conn's place until core.conn_class */
+    lua_pushcclosure(L, conn_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, conn_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushcfunction(L, conn_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
 }

@@ -7,6 +7,7 @@ local sched = require("npipe.sched")
 local args = require("npipe.args")
 
 local wait, wait_for, waiter, wake = sched.wait, sched.wait_for, sched.waiter, sched.wake
+local C = core.conn -- the C functions of a connection (src/lnpipe_objects.c)
 local check_timeout = args.check_timeout
 
 local INBOX_PAUSE = 32  -- unread messages (or queued handler jobs) at which reading stops
@@ -14,6 +15,9 @@ local INBOX_RESUME = 8
 
 local M = {} -- for npipe's other modules
 
+-- The methods of connections. A connection is a userdata of npipe.core's, whose
+-- metatable finds these methods, keeps its fields (conn.state, conn._closed...) and
+-- knows conn._server (core.conn_class).
 local Conn = {}
 Conn.__index = Conn
 M.Conn = Conn
@@ -42,24 +46,20 @@ end
 sched.job_hooks({
   pause = INBOX_PAUSE,
   resume = INBOX_RESUME,
-  hold = function(conn, on) conn._c:hold("jobs", on) end,
+  hold = function(conn, on) C.hold(conn, "jobs", on) end,
   on_failed = job_failed,
 })
 
--- A connection on the core object c: accepted by server, or this process's own end (a
--- client) when server is nil. npipe.server submits the handlers of its events for it to
--- npipe.sched, which runs a connection's jobs one at a time, in order.
--- An idle connection costs its fields: a server's connection keeps only what is its
--- own, and finds its options on its server.
+-- The connection c (from npipe.core): accepted by server, or this process's own end
+-- (a client) when server is nil. npipe.server submits the handlers of its events for
+-- it to npipe.sched, which runs a connection's jobs one at a time, in order.
+-- An idle connection costs its fields: a server's connection sets none (it finds its
+-- options on its server), so it has no field table at all.
 function M.new(c, server, high_water, framing)
-  local conn
-  if server then
-    conn = setmetatable({ _c = c, _server = server, state = {} }, Conn)
-  else
-    conn = setmetatable({ _c = c, _client = true, state = {}, _high_water = high_water, _framing = framing }, Conn)
+  if not server then
+    c._client, c._high_water, c._framing = true, high_water, framing
   end
-  core.bind(c, conn)
-  return conn
+  return c
 end
 
 local function high_water(conn) return conn._high_water or conn._server._high_water end
@@ -81,7 +81,7 @@ end
 function Conn:_end_now(reason, code, drop)
   if self._closed or (self._ending and not drop) then return end
   self._ending = self._ending or reason
-  self._c:disconnect(reason, code, drop)
+  C.disconnect(self, reason, code, drop)
 end
 
 -- Messages kept for conn:read() when no data handler takes them; the engine holds
@@ -99,7 +99,7 @@ function M.keep(conn, msg)
   box.bytes = box.bytes + #msg
   if (box.tail - box.head + 1 >= INBOX_PAUSE or box.bytes >= high_water(conn)) and not conn._inbox_held then
     conn._inbox_held = true
-    conn._c:hold("inbox", true)
+    C.hold(conn, "inbox", true)
   end
 end
 
@@ -112,7 +112,7 @@ local function inbox_pop(conn)
   box.bytes = box.bytes - #msg
   if conn._inbox_held and box.tail - box.head + 1 <= INBOX_RESUME and box.bytes < high_water(conn) / 2 then
     conn._inbox_held = false
-    conn._c:hold("inbox", false) -- kept frames may arrive at once, behind msg
+    C.hold(conn, "inbox", false) -- kept frames may arrive at once, behind msg
   end
   return msg
 end
@@ -143,7 +143,7 @@ end
 --- Queues data to the peer (framed as one line or message in those framings).
 function Conn:write(data)
   if self._closed or self._ending then return closed_error(self) end
-  local over, err, code = self._c:write(data) -- raises for a non-string, as Lua's own write does
+  local over, err, code = C.write(self, data) -- raises for a non-string, as Lua's own write does
   if over == nil then return nil, err, code end
   if over then return drain(self) end
   return true
@@ -173,7 +173,7 @@ end
 function Conn:flush(timeout)
   check_timeout("flush", 1, timeout)
   if self._closed then return closed_error(self) end
-  local done, err, code = self._c:flush()
+  local done, err, code = C.flush(self)
   if done == nil then return nil, err, code end
   if done then return true end
   local w = waiter()
@@ -184,7 +184,7 @@ function Conn:flush(timeout)
   if ok == nil and err2 == "timeout" then
     forget(f, w)
     -- Nobody waits any more: on Windows this frees the thread blocked in FlushFileBuffers.
-    if #f == 0 and self._flushers == f then self._c:flush_cancel() end
+    if #f == 0 and self._flushers == f then C.flush_cancel(self) end
   end
   return ok, err2, code2
 end
@@ -220,11 +220,11 @@ function Conn:is_open() return not self._closed and not self._ending end
 function Conn:input_ended() return self._eof == true end
 --- What npipe's write queue for this connection costs now, in bytes (bookkeeping
 -- included); high_water bounds it.
-function Conn:queued() return self._c:queued() end
+Conn.queued = C.queued
 --- What npipe could not deliver when the connection closed: bytes, messages.
 function Conn:undelivered() return self._lost_bytes or 0, self._lost_msgs or 0 end
 function Conn:closed_reason() return self._closed, self._code end
-function Conn:id() return self._c:id() end
+Conn.id = C.id
 function Conn:server() return self._server end
 function Conn:framing() return self._framing or self._server._framing end
 
@@ -233,14 +233,14 @@ function Conn:framing() return self._framing or self._server._framing end
 -- The peer's identity, read once at connect time (SO_PEERCRED is fixed then, and the
 -- values stay readable after the connection has closed).
 local function capture(conn)
-  local pid, uid, gid, sid, sid_err, sid_code = conn._c:peer()
+  local pid, uid, gid, sid, sid_err, sid_code = C.peer(conn)
   if not pid then
     conn._cred = false
     return
   end
-  conn._cred = { pid = pid, uid = uid, gid = gid, sid = conn._c:peer_sid() }
+  conn._cred = { pid = pid, uid = uid, gid = gid, sid = C.peer_sid(conn) }
   conn._sid, conn._sid_err, conn._sid_code = sid, sid_err, sid_code
-  conn._psid, conn._psid_err, conn._psid_code = conn._c:posix_session()
+  conn._psid, conn._psid_err, conn._psid_code = C.posix_session(conn)
 end
 
 local function peer(self)
@@ -398,5 +398,7 @@ function M.drained(conn)
   wake_all(conn._drainers, true)
   conn._drainers = nil
 end
+
+core.conn_class(Conn)
 
 return M

@@ -44,7 +44,7 @@ end
 function Server:_sweep_idle()
   local limit = core.loop_now() - self._idle
   for conn in pairs(self._conns) do
-    if conn._c:last_active() < limit and conns.quiet(conn) then
+    if core.conn.last_active(conn) < limit and conns.quiet(conn) then
       conn:_end_now("idle timeout", "ETIMEDOUT")
     end
   end
@@ -292,7 +292,7 @@ function events.accept(server, c)
   local conn = conns.new(c, server, server._high_water, server._framing)
   if not admit(server, conn) then return end
   server._conns[conn] = true
-  c:direct() -- admitted: its frames may take the C fast path (src/lnpipe_fast.c)
+  core.conn.direct(conn) -- admitted: its frames may take the C fast path (src/lnpipe_fast.c)
   submit(conn, run_connect, conn)
 end
 
