@@ -91,6 +91,7 @@ typedef struct box {
   unsigned char kind;   /* box_kind */
   unsigned char direct; /* the fast path may run its frames' handler (lnpipe_fast.c) */
   unsigned char jobs;   /* its Lua field _jobs is set: sched.lua has jobs of it */
+  unsigned char admitted; /* a server's connection that its server admitted */
 } box;
 
 /* Events arrive on whichever Lua thread called into C; remember it for the call. */

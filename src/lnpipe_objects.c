@@ -58,6 +58,22 @@ static int server_set_data(lua_State *L) {
   return 0;
 }
 
+/* conns(): a list of the server's admitted connections whose closed event has not come,
+ * in no order. The engine's list of connections is the only one: a server keeps none
+ * of its own, which would cost every connection a place in it (issue 13). */
+static int server_conns(lua_State *L) {
+  box *sb = luaL_checkudata(L, 1, SERVER_MT);
+  np_engine *e = sb->x->engine;
+  int n = 0;
+  lua_createtable(L, sb->conns, 0);
+  for (np_conn *c = e ? np_engine_next_conn(e, NULL) : NULL; c; c = np_engine_next_conn(e, c)) {
+    box *b = np_conn_data(c);
+    if (b == NULL || b->server != sb || !b->direct || !lnp_push_object(L, b)) continue;
+    lua_rawseti(L, -2, ++n);
+  }
+  return 1;
+}
+
 static int server_is_open(lua_State *L) {
   box *b = luaL_checkudata(L, 1, SERVER_MT);
   lua_pushboolean(L, b->p != NULL);
@@ -177,11 +193,20 @@ static int conn_peer(lua_State *L) {
   return 6;
 }
 
-/* direct(): the connection is admitted; the fast path may run its frames' data handler. */
+/* direct(conn): the connection is admitted: the fast path may run its frames' data
+ * handler, and its server lists it (server_conns) until its closed event. */
 static int conn_direct(lua_State *L) {
   box *b = luaL_checkudata(L, 1, CONN_MT);
   b->direct = b->p != NULL && b->ref != LUA_NOREF;
+  b->admitted = 1;
   return 0;
+}
+
+/* admitted(conn): whether its server admitted it (even after its close). */
+static int conn_admitted(lua_State *L) {
+  box *b = luaL_checkudata(L, 1, CONN_MT);
+  lua_pushboolean(L, b->admitted);
+  return 1;
 }
 
 /* When the connection was accepted or last got a frame, in seconds of the loop's clock
@@ -302,7 +327,7 @@ void lnp_push_conn_functions(lua_State *L) {
       {"flush_cancel", conn_flush_cancel},
       {"hold", conn_hold},     {"queued", conn_queued},         {"is_open", conn_is_open},
       {"peer", conn_peer},     {"peer_sid", conn_peer_sid},     {"id", conn_id},
-      {"posix_session", conn_posix_session},                    {"direct", conn_direct},
+      {"posix_session", conn_posix_session},                    {"direct", conn_direct}, {"admitted", conn_admitted},
       {"last_active", conn_last_active}, {NULL, NULL}};
   luaL_newlib(L, conn_functions);
 }
@@ -310,7 +335,7 @@ void lnp_push_conn_functions(lua_State *L) {
 void lnp_objects_open(lua_State *L) {
   static const luaL_Reg server_methods[] = {
       {"close", server_close}, {"path", server_path}, {"stats", server_stats},
-      {"is_open", server_is_open}, {"set_data", server_set_data}, {NULL, NULL}};
+      {"is_open", server_is_open}, {"set_data", server_set_data}, {"conns", server_conns}, {NULL, NULL}};
   lnp_new_metatable(L, SERVER_MT, server_methods, server_close);
   if (luaL_newmetatable(L, CONN_MT)) {
     lua_newtable(L); /* Conn's place until core.conn_class */

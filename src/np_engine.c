@@ -51,6 +51,8 @@ static void release_now(np_engine *e, void **data) {
   *data = NULL;
 }
 
+np_conn *np_engine_next_conn(np_engine *e, np_conn *c) { return c ? c->next : e->conns; }
+
 /* The host lets go of everything now, and the close callbacks may run later, on a loop
  * the host does not run itself (or not at all), after its own memory is gone. */
 void np_engine_release(np_engine *e) {

@@ -168,5 +168,8 @@ uint64_t np_conn_id(const np_conn *c);
 void np_conn_set_data(np_conn *c, void *data);
 void *np_conn_data(const np_conn *c);
 void *np_server_data(const np_server *s);
+/* The open and ending connections of e (servers' and clients'), one after another: the
+ * first for NULL, NULL after the last. Closing one ends its place in the walk. */
+np_conn *np_engine_next_conn(np_engine *e, np_conn *c);
 
 #endif

@@ -43,7 +43,7 @@ end
 
 function Server:_sweep_idle()
   local limit = core.loop_now() - self._idle
-  for conn in pairs(self._conns) do
+  for _, conn in ipairs(self._c:conns()) do
     if core.conn.last_active(conn) < limit and conns.quiet(conn) then
       conn:_end_now("idle timeout", "ETIMEDOUT")
     end
@@ -52,14 +52,13 @@ end
 
 --- The open connections, as a list.
 function Server:connections()
-  local list = {}
-  for conn in pairs(self._conns) do list[#list + 1] = conn end
+  local list = self._c:conns()
   table.sort(list, function(a, b) return a:id() < b:id() end)
   return list
 end
 
 local function wait_drained(server, seconds)
-  if not next(server._conns) then return end
+  if server._nconns == 0 then return end
   local w = waiter()
   server._drained = w
   wait_for(w, seconds)
@@ -79,7 +78,7 @@ function Server:close(opts)
   end
   local drain = opts and opts.drain
   if drain then wait_drained(self, drain) end
-  for conn in pairs(self._conns) do conn:_end_now("server closed", "SERVER_CLOSED") end
+  for _, conn in ipairs(self._c:conns()) do conn:_end_now("server closed", "SERVER_CLOSED") end
   if drain then wait_drained(self, self._linger + 1) end -- the engine ends each within linger
   return true
 end
@@ -180,7 +179,7 @@ function Server:set_handlers(handlers)
   -- up when their call starts): queued frames go to the new one, or to conn:read() now
   local to = h.data or keep
   if old_data and old_data ~= to then
-    for conn in pairs(self._conns) do sched.retarget(conn, old_data, to) end
+    for _, conn in ipairs(self._c:conns()) do sched.retarget(conn, old_data, to) end
   end
   return true
 end
@@ -205,7 +204,7 @@ function M.listen(name, opts, handlers)
                              o.max_instances or 0, o.linger, o.security)
   if not c then return nil, err, code end
   local h = handlers_of(handlers)
-  local server = setmetatable({ _c = c, _path = path, _conns = {}, _handlers = h, _on_data = h.data,
+  local server = setmetatable({ _c = c, _path = path, _nconns = 0, _handlers = h, _on_data = h.data,
                                 _allow = o.allow, _idle = o.idle_timeout, _high_water = o.high_water,
                                 _framing = o.framing, _linger = o.linger,
                                 _dropped_bytes = 0, _dropped_msgs = 0,
@@ -252,8 +251,8 @@ local function allowed(policy, who)
   return true
 end
 
--- A refused connection ends at once and never joins server._conns: its events then
--- reach no handler of the server.
+-- A refused connection ends at once and is never among the server's connections
+-- (core.conn.admitted): its events then reach no handler of the server.
 local function admit(server, conn)
   local policy = server._allow
   if not policy then return true end
@@ -291,7 +290,7 @@ end
 function events.accept(server, c)
   local conn = conns.new(c, server, server._high_water, server._framing)
   if not admit(server, conn) then return end
-  server._conns[conn] = true
+  server._nconns = server._nconns + 1
   core.conn.direct(conn) -- admitted: its frames may take the C fast path (src/lnpipe_fast.c)
   submit(conn, run_connect, conn)
 end
@@ -314,10 +313,10 @@ function events.closed(conn, reason, code, lost_bytes, lost_msgs)
     server._dropped_bytes = server._dropped_bytes + lost_bytes
     server._dropped_msgs = server._dropped_msgs + lost_msgs
   end
-  if server and server._conns[conn] then
-    server._conns[conn] = nil
+  if server and core.conn.admitted(conn) then
+    server._nconns = server._nconns - 1
     submit(conn, run_disconnect, conn, reason, code)
-    if server._drained and next(server._conns) == nil then wake(server._drained, true) end
+    if server._drained and server._nconns == 0 then wake(server._drained, true) end
   end
 end
 
@@ -328,7 +327,7 @@ local function end_at_eof(conn) conn:_end_now("the peer closed the pipe", "EOF")
 -- engine ends it anyway after the linger time. A client ends at once.
 function events.eof(conn)
   local server = conn._server
-  local admitted = server and server._conns[conn]
+  local admitted = server and core.conn.admitted(conn)
   conns.input_ended(conn, admitted)
   if not admitted then
     end_at_eof(conn)
