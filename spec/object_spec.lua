@@ -37,6 +37,23 @@ print("ready", flush=True)
 time.sleep(20)
 ]]
 
+-- Two connections, one after the other: the first does a round trip and stays open,
+-- the second (which the server refuses) reads until its end. Prints both outcomes.
+local PY_TWO = [[
+import socket, sys
+def conn():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(sys.argv[1])
+    return s
+a = conn()
+a.sendall(b"x\n")
+print("a", a.recv(16))
+b = conn()
+print("b", b.recv(16))
+a.close()
+]]
+
 local function lines_of(path)
   local out = {}
   for line in (helpers.read_file(path) or ""):gmatch("[^\n]+") do out[#out + 1] = line end
@@ -81,6 +98,21 @@ describe("a connection object", function()
     assert.truthy(helpers.wait_until(function() return got end, 10))
     helpers.wait_exit(pid, 10)
     assert.are.equal(path, got)
+  end)
+
+  it("is among server:connections() once admitted: not while allow judges it, nor once refused", function()
+    local seen, server = {}, nil
+    server = helpers.track_server(assert(npipe.listen(helpers.name("obj"), {
+      framing = "lines",
+      allow = function()
+        seen[#seen + 1] = #server:connections()
+        return #seen == 1, "only the first"
+      end,
+    }, { data = function(conn, msg) conn:write(msg) end })))
+    local pid, out = helpers.spawn(("exec python3 -c %s %s"):format(helpers.quote(PY_TWO), helpers.quote(server:path())))
+    helpers.wait_until(function() return not helpers.alive(pid) end, 15)
+    assert.are.same({ "a b'x\\n'", "b b''" }, lines_of(out))
+    assert.are.same({ 0, 1 }, seen) -- the first not yet, then the first only
   end)
 
   it("costs an idle server connection less than 320 bytes of the Lua heap (300 connections, Python)", function()
