@@ -109,7 +109,8 @@ describe("a connection object", function()
         return #seen == 1, "only the first"
       end,
     }, { data = function(conn, msg) conn:write(msg) end })))
-    local pid, out = helpers.spawn(("exec python3 -c %s %s"):format(helpers.quote(PY_TWO), helpers.quote(server:path())))
+    local pid, out = helpers.spawn(("exec python3 -c %s %s"):format(helpers.quote(PY_TWO),
+                                                                   helpers.quote(server:path())))
     helpers.wait_until(function() return not helpers.alive(pid) end, 15)
     assert.are.same({ "a b'x\\n'", "b b''" }, lines_of(out))
     assert.are.same({ 0, 1 }, seen) -- the first not yet, then the first only
