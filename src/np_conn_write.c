@@ -105,7 +105,7 @@ static void wout_free(np_wout *w) {
 /* The queue's cost dropped: below half of high_water the host may write again, and
  * input held for it flows again. */
 static void after_drain(np_conn *c) {
-  if (!c->over_high || c->rare->cost > c->high_water / 2) return;
+  if (!c->over_high || c->rare->cost > c->opts->o.high_water / 2) return;
   c->over_high = 0;
   if (c->e->ev.drained) c->e->ev.drained(c);
   np__release_input(c);
@@ -249,7 +249,7 @@ int np_conn_write(np_conn *c, const char *data, size_t len) {
     np__conn_fail(c, rc, "write");
     return rc;
   }
-  if (c->rare->cost >= c->high_water && !c->over_high) {
+  if (c->rare->cost >= c->opts->o.high_water && !c->over_high) {
     c->over_high = 1;
     np__update_reading(c); /* a client that does not read gets no more reads from us either */
   }

@@ -85,7 +85,7 @@ int np__set_deadline(np_conn *c) {
   np_rare *r = np__rare(c);
   if (r == NULL) return UV_ENOMEM;
   if (r->deadline) return 0;
-  r->deadline = uv_now(e->loop) + c->linger_ms;
+  r->deadline = uv_now(e->loop) + c->opts->o.linger_ms;
   if (e->lingering++ == 0) uv_timer_start(&e->linger_timer, on_linger, LINGER_SWEEP_MS, LINGER_SWEEP_MS);
   return 0;
 }

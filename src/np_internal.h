@@ -39,6 +39,13 @@ struct np_engine {
   char readbuf[READ_BUFFER_SIZE];
 };
 
+/* A connection's options, one copy for all the connections of a server rather than one
+ * in each (issue 13), counted, since a server may close before its connections. */
+typedef struct np_copts {
+  np_conn_opts o;
+  unsigned refs;
+} np_copts;
+
 struct np_server {
   uv_pipe_t *listener;
   uv_poll_t *poll;   /* watches the listener where the engine accepts itself, else NULL */
@@ -54,6 +61,7 @@ struct np_server {
   int have_fid;
   int closing;
   np_server_opts opts;
+  np_copts *copts; /* opts.conn, for its connections */
   np_stats stats;
   void *data;
 };
@@ -128,10 +136,9 @@ struct np_conn {
   np_server *server;
   np_wout *out;               /* in flight, or NULL */
   void *data;
-  size_t high_water;          /* opts.high_water */
-  np_framer fr;               /* has opts.framing and opts.max_message */
+  np_copts *opts;             /* shared: the framer has framing and max_message */
+  np_framer fr;
   np_conn *prev, *next;
-  uint64_t linger_ms;         /* opts.linger_ms */
   uint64_t id;
   np_cred cred;
   long session; /* the peer's login session, taken at connect time like cred */
@@ -164,7 +171,11 @@ void np__flush_list(np_conn *c);
 
 /* ---- np_conn.c ---- */
 
-np_conn *np__conn_new(np_engine *e, const np_conn_opts *opts);
+/* Options to share: refs 1; NULL when out of memory. */
+np_copts *np__copts_new(const np_conn_opts *o);
+void np__copts_unref(np_copts *o);
+/* A connection with these options (it takes a reference to them). */
+np_conn *np__conn_new(np_engine *e, np_copts *opts);
 /* c's rare part, made on first need; NULL when out of memory. */
 np_rare *np__rare(np_conn *c);
 /* Marks c open, takes the peer's identity and starts reading. */

@@ -18,6 +18,7 @@
 
 static void server_free(np_server *s) {
   if (s->data && s->e->ev.released) s->e->ev.released(s->data);
+  np__copts_unref(s->copts);
   free(s->path);
   free(s);
 }
@@ -114,7 +115,7 @@ static void on_listener_ready(uv_poll_t *p, int status, int events) {
     return;
   }
   for (int i = 0; i < ACCEPT_BATCH && s->polling && !s->closing; i++) {
-    if (s->spare == NULL && (s->spare = np__conn_new(s->e, &s->opts.conn)) == NULL) {
+    if (s->spare == NULL && (s->spare = np__conn_new(s->e, s->copts)) == NULL) {
       starve(s); /* out of memory: the client waits, as for descriptors */
       return;
     }
@@ -138,7 +139,7 @@ static void on_listener_ready(uv_poll_t *p, int status, int events) {
 /* A client of the platform's instances connected (Windows); fd is its instance. */
 static void on_instance(void *arg, int fd) {
   np_server *s = arg;
-  np_conn *c = np__conn_new(s->e, &s->opts.conn);
+  np_conn *c = np__conn_new(s->e, s->copts);
   if (c == NULL) {
     uv_fs_t req;
     uv_fs_close(s->e->loop, &req, fd, NULL); /* the client sees its pipe close */
@@ -237,7 +238,8 @@ static uv_pipe_t *listener_new(np_server *s) {
 int np_server_listen(np_engine *e, const char *path, const np_server_opts *opts, np_server **out,
                      char *err, size_t errlen) {
   np_server *s = calloc(1, sizeof *s);
-  if (s == NULL || (s->path = strdup(path)) == NULL) {
+  if (s == NULL || (s->path = strdup(path)) == NULL || (s->copts = np__copts_new(&opts->conn)) == NULL) {
+    if (s) free(s->path);
     free(s);
     return UV_ENOMEM;
   }
@@ -245,6 +247,7 @@ int np_server_listen(np_engine *e, const char *path, const np_server_opts *opts,
   s->e = e;
   s->opts = *opts;
   if ((s->listener = listener_new(s)) == NULL) {
+    np__copts_unref(s->copts);
     free(s->path);
     free(s);
     return UV_ENOMEM;
