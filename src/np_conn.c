@@ -9,16 +9,19 @@
 
 /* Issue 13 wants a connection's idle memory below luv's: what np_conn holds beyond the
  * libuv pipe is bounded here, on the platform where that was measured, so that it cannot
- * grow back unnoticed (it was 408 bytes; 192 was the target; 176 makes 440 with libuv
- * 1.44's pipe, a 448-byte glibc chunk). Rarely needed state goes in np_rare instead. */
+ * grow back unnoticed (it was 408 bytes; 192 was the target; 160 makes 424 with libuv
+ * 1.44's pipe, a 432-byte glibc chunk). Rarely needed state goes in np_rare instead,
+ * what a server's connections have in common in np_copts. */
 #if defined(__linux__) && defined(__x86_64__)
-_Static_assert(sizeof(np_conn) - sizeof(uv_pipe_t) <= 176, "np_conn grew: see issue 13 (idle memory)");
+_Static_assert(sizeof(np_conn) - sizeof(uv_pipe_t) <= 160, "np_conn grew: see issue 13 (idle memory)");
 #endif
 
-np_copts *np__copts_new(const np_conn_opts *o) {
+np_copts *np__copts_new(np_engine *e, const np_conn_opts *o) {
   np_copts *co = malloc(sizeof *co);
   if (co == NULL) return NULL;
   co->o = *o;
+  co->e = e;
+  co->server = NULL;
   co->refs = 1;
   return co;
 }
@@ -27,10 +30,10 @@ void np__copts_unref(np_copts *o) {
   if (o && --o->refs == 0) free(o);
 }
 
-np_conn *np__conn_new(np_engine *e, np_copts *opts) {
+np_conn *np__conn_new(np_copts *opts) {
+  np_engine *e = opts->e;
   np_conn *c = calloc(1, sizeof *c);
   if (c == NULL) return NULL;
-  c->e = e;
   c->opts = opts;
   opts->refs++;
   c->framing = (uint8_t)opts->o.framing;
@@ -52,7 +55,7 @@ np_rare *np__rare(np_conn *c) {
 
 static void on_conn_closed(uv_handle_t *h) {
   np_conn *c = h->data;
-  np_engine *e = c->e;
+  np_engine *e = c->opts->e;
   if (c->data && e->ev.released) e->ev.released(c->data);
   np_framer_free(&c->fr);
   np__copts_unref(c->opts);
@@ -77,17 +80,17 @@ void np__close_now(np_conn *c, const char *code, const char *reason, int notify)
   c->state = C_CLOSED;
   np__flush_forget(c);
   if (c->rare && c->rare->deadline) {
-    c->e->lingering--;
+    c->opts->e->lingering--;
     c->rare->deadline = 0;
   }
-  if (was_open) LIST_DEL(c->e->conns, c);
-  else LIST_DEL(c->e->connecting, c);
-  if (c->server && was_open) np__server_conn_gone(c->server);
-  if (was_open && notify && c->e->ev.closed) c->e->ev.closed(c, code, reason);
+  if (was_open) LIST_DEL(c->opts->e->conns, c);
+  else LIST_DEL(c->opts->e->connecting, c);
+  if (c->opts->server && was_open) np__server_conn_gone(c->opts->server);
+  if (was_open && notify && c->opts->e->ev.closed) c->opts->e->ev.closed(c, code, reason);
   uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
   /* uv_close has closed the pipe handle (c lives on until on_conn_closed), so its
    * instance is free now; the closed event may have closed the server (server NULL). */
-  if (c->server && was_open) np__server_room(c->server);
+  if (c->opts->server && was_open) np__server_room(c->opts->server);
 }
 
 /* Counted when asked rather than kept: in the closed event the queue is as the close
@@ -125,10 +128,10 @@ static size_t kept_len(const np_conn *c) { return c->rare ? c->rare->kept_len : 
 static void read_what_arrived(np_conn *c) {
   if (c->state != C_OPEN || c->input_ended || c->feeding || kept_len(c) > 0 || c->hold) return;
   for (int i = 0; i < 16 && c->state == C_OPEN && kept_len(c) == 0 && !c->hold; i++) {
-    long n = np_platform_read_now(&c->pipe, c->e->readbuf, READ_BUFFER_SIZE);
+    long n = np_platform_read_now(&c->pipe, c->opts->e->readbuf, READ_BUFFER_SIZE);
     if (n > 0) {
-      if (c->server) c->server->stats.bytes_in += (uint64_t)n;
-      feed(c, c->e->readbuf, (size_t)n);
+      if (c->opts->server) c->opts->server->stats.bytes_in += (uint64_t)n;
+      feed(c, c->opts->e->readbuf, (size_t)n);
       continue;
     }
     if (n == 0 || n == UV_ECONNRESET) (void)np_framer_finish(&c->fr, on_frame, c);
@@ -214,8 +217,8 @@ void np__update_reading(np_conn *c) {
 
 static int on_frame(void *ctx, const char *data, size_t len) {
   np_conn *c = ctx;
-  if (c->server) c->server->stats.messages_in++;
-  c->e->ev.frame(c, data, len);
+  if (c->opts->server) c->opts->server->stats.messages_in++;
+  c->opts->e->ev.frame(c, data, len);
   return held(c); /* stop: closed, ending, or held (then the rest is kept) */
 }
 
@@ -265,11 +268,11 @@ static void input_ended(np_conn *c) {
   c->input_ended = 1;
   np__update_reading(c);
   /* Out of memory for the deadline, the engine ends it as if the host had no eof event. */
-  if (c->e->ev.eof == NULL || np__set_deadline(c) < 0) {
+  if (c->opts->e->ev.eof == NULL || np__set_deadline(c) < 0) {
     np_conn_end(c, "EOF", "the peer closed the pipe");
     return;
   }
-  c->e->ev.eof(c);
+  c->opts->e->ev.eof(c);
 }
 
 /* Inside the framer (a frame's event released the hold) the running feed goes on by
@@ -298,7 +301,7 @@ void np__release_input(np_conn *c) {
 
 /* c has its rare part (np__conn_open made it). */
 static void native_alloc(np_conn *c, uv_buf_t *buf) {
-  char *body = c->e->readbuf + NATIVE_ROOM;
+  char *body = c->opts->e->readbuf + NATIVE_ROOM;
   size_t room = READ_BUFFER_SIZE - NATIVE_ROOM;
   np_rare *r = c->rare;
   c->msg_head = 0;
@@ -323,7 +326,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     native_alloc(c, buf);
     return;
   }
-  buf->base = c->e->readbuf;
+  buf->base = c->opts->e->readbuf;
   buf->len = READ_BUFFER_SIZE;
 }
 
@@ -350,7 +353,7 @@ static void native_read(np_conn *c, size_t n, char *body) {
     c->msg_head = 0;
   }
   r->msg_left -= n < r->msg_left ? n : r->msg_left;
-  if (c->server) c->server->stats.bytes_in += (uint64_t)n;
+  if (c->opts->server) c->opts->server->stats.bytes_in += (uint64_t)n;
   if (len == 0) return;
   feed(c, at, len);
   np__update_reading(c);
@@ -363,7 +366,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   } else if (c->native && n == UV_ENOBUFS && c->rare->msg_err) {
     np__conn_fail(c, c->rare->msg_err, "read");
   } else if (n > 0) {
-    if (c->server) c->server->stats.bytes_in += (uint64_t)n;
+    if (c->opts->server) c->opts->server->stats.bytes_in += (uint64_t)n;
     feed(c, buf->base, (size_t)n);
     np__update_reading(c); /* a hold set by a frame stops reading here */
   } else if (n == UV_EOF || n == UV_EPIPE) {
@@ -384,7 +387,7 @@ int np__conn_open(np_conn *c) {
   c->native = c->framing == NP_FRAMING_MESSAGE && np_platform_message_pipe(&c->pipe);
   np_platform_peer_cred(&c->pipe, &c->cred);
   np_platform_peer_sessions(&c->pipe, &c->cred, &c->session, &c->posix_session);
-  LIST_ADD(c->e->conns, c);
+  LIST_ADD(c->opts->e->conns, c);
   if (c->native && np__rare(c) == NULL) return UV_ENOMEM; /* for msg_left */
   c->reading = 1;
   return uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
@@ -405,16 +408,16 @@ void np_conn_resume(np_conn *c) { np_conn_hold(c, NP_HOLD_USER, 0); }
 /* ---- a client's end ---- */
 
 static void connect_finished(np_conn *c, int status) {
-  LIST_DEL(c->e->connecting, c);
+  LIST_DEL(c->opts->e->connecting, c);
   if (status == 0) status = np__conn_open(c);
   if (status < 0) {
-    if (c->state == C_OPEN) LIST_DEL(c->e->conns, c); /* np__conn_open failed */
+    if (c->state == C_OPEN) LIST_DEL(c->opts->e->conns, c); /* np__conn_open failed */
     c->state = C_CLOSED;
-    if (c->e->ev.connected) c->e->ev.connected(c, status);
+    if (c->opts->e->ev.connected) c->opts->e->ev.connected(c, status);
     np__conn_discard(c);
     return;
   }
-  if (c->e->ev.connected) c->e->ev.connected(c, 0);
+  if (c->opts->e->ev.connected) c->opts->e->ev.connected(c, 0);
 }
 
 static void on_connect(uv_connect_t *req, int status) {
@@ -456,8 +459,8 @@ static int connect_now(np_engine *e, np_conn *c, const char *path) {
 
 /* A client's end has options of its own (a reference that only it holds). */
 static np_conn *conn_new_own(np_engine *e, const np_conn_opts *opts) {
-  np_copts *o = np__copts_new(opts);
-  np_conn *c = o ? np__conn_new(e, o) : NULL;
+  np_copts *o = np__copts_new(e, opts);
+  np_conn *c = o ? np__conn_new(o) : NULL;
   np__copts_unref(o);
   return c;
 }

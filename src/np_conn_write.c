@@ -107,7 +107,7 @@ static void wout_free(np_wout *w) {
 static void after_drain(np_conn *c) {
   if (!c->over_high || c->rare->cost > c->opts->o.high_water / 2) return;
   c->over_high = 0;
-  if (c->e->ev.drained) c->e->ev.drained(c);
+  if (c->opts->e->ev.drained) c->opts->e->ev.drained(c);
   np__release_input(c);
 }
 
@@ -236,9 +236,9 @@ int np_conn_write(np_conn *c, const char *data, size_t len) {
   int nbufs = frame_bufs(c, data, len, scratch, bufs);
   size_t total = 0;
   for (int i = 0; i < nbufs; i++) total += bufs[i].len;
-  if (c->server) {
-    c->server->stats.bytes_out += total;
-    c->server->stats.messages_out++;
+  if (c->opts->server) {
+    c->opts->server->stats.bytes_out += total;
+    c->opts->server->stats.messages_out++;
   }
   /* A message goes out whole, as one write (libuv 1.44 takes none at once from a
    * Windows pipe anyway). */
@@ -265,7 +265,7 @@ void np__flush_forget(np_conn *c) {
   np_rare *r = c->rare;
   c->flush_pending = 0;
   if (r == NULL) return; /* never flushed */
-  for (np_conn **p = &c->e->flushing; r->flush_listed && *p; p = &(*p)->rare->flush_next) {
+  for (np_conn **p = &c->opts->e->flushing; r->flush_listed && *p; p = &(*p)->rare->flush_next) {
     if (*p == c) {
       *p = r->flush_next;
       r->flush_next = NULL;
@@ -279,7 +279,7 @@ void np__flush_forget(np_conn *c) {
 
 void np__flush_finished(np_conn *c) {
   c->flush_pending = 0;
-  if (c->e->ev.flushed) c->e->ev.flushed(c);
+  if (c->opts->e->ev.flushed) c->opts->e->ev.flushed(c);
 }
 
 /* A peer that read everything and then closed has still been flushed: tell the host so
@@ -302,7 +302,7 @@ int np__flush_check(np_conn *c) {
   long unread = np_platform_unread(&c->pipe);
   if (unread >= 0) return unread == 0;
   if (unread != UV_ENOTSUP) return (int)unread;
-  int rc = np_platform_flush_start(c->e->loop, &c->pipe, on_flush_op, c, &c->rare->flush_op);
+  int rc = np_platform_flush_start(c->opts->e->loop, &c->pipe, on_flush_op, c, &c->rare->flush_op);
   return rc == UV_ENOTSUP ? 1 : rc;
 }
 

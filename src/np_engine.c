@@ -81,7 +81,7 @@ static void on_linger(uv_timer_t *t) {
 }
 
 int np__set_deadline(np_conn *c) {
-  np_engine *e = c->e;
+  np_engine *e = c->opts->e;
   np_rare *r = np__rare(c);
   if (r == NULL) return UV_ENOMEM;
   if (r->deadline) return 0;
@@ -115,7 +115,7 @@ static void on_flush_poll(uv_timer_t *t) {
 }
 
 void np__flush_list(np_conn *c) {
-  np_engine *e = c->e;
+  np_engine *e = c->opts->e;
   if (!c->rare->flush_listed) {
     c->rare->flush_listed = 1;
     c->rare->flush_next = e->flushing;

@@ -39,10 +39,13 @@ struct np_engine {
   char readbuf[READ_BUFFER_SIZE];
 };
 
-/* A connection's options, one copy for all the connections of a server rather than one
- * in each (issue 13), counted, since a server may close before its connections. */
+/* What the connections of a server have in common, one copy for all of them rather
+ * than one in each (issue 13): their options, engine and server. Counted, since a server
+ * may close before its connections. A client's end, or an open descriptor, has its own. */
 typedef struct np_copts {
   np_conn_opts o;
+  np_engine *e;
+  np_server *server; /* accepting them; NULL once it has closed, and for a client's end */
   unsigned refs;
 } np_copts;
 
@@ -132,11 +135,9 @@ struct np_conn {
   unsigned connect_done : 1;  /* a client end the platform opened: connect_timer reports it */
   int16_t connect_rc;         /* and its result (uv error codes are above -4100) */
   np_rare *rare;              /* or NULL */
-  np_engine *e;
-  np_server *server;
+  np_copts *opts;             /* shared: has e and server; the framer has framing and max_message */
   np_wout *out;               /* in flight, or NULL */
   void *data;
-  np_copts *opts;             /* shared: the framer has framing and max_message */
   np_framer fr;
   np_conn *prev, *next;
   uint64_t id;
@@ -171,11 +172,11 @@ void np__flush_list(np_conn *c);
 
 /* ---- np_conn.c ---- */
 
-/* Options to share: refs 1; NULL when out of memory. */
-np_copts *np__copts_new(const np_conn_opts *o);
+/* What connections of e share (server NULL): refs 1; NULL when out of memory. */
+np_copts *np__copts_new(np_engine *e, const np_conn_opts *o);
 void np__copts_unref(np_copts *o);
 /* A connection with these options (it takes a reference to them). */
-np_conn *np__conn_new(np_engine *e, np_copts *opts);
+np_conn *np__conn_new(np_copts *opts);
 /* c's rare part, made on first need; NULL when out of memory. */
 np_rare *np__rare(np_conn *c);
 /* Marks c open, takes the peer's identity and starts reading. */
