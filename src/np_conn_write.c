@@ -45,19 +45,22 @@ static int wq_push(np_wq *q, const uv_buf_t *bufs, int nbufs, size_t skip) {
   return 0;
 }
 
-int np__queue_empty(const np_conn *c) { return c->out == NULL && c->pend.len == 0; }
+/* Queued bytes exist only with the rare part (enqueue makes it first). */
+int np__queue_empty(const np_conn *c) { return c->out == NULL && (c->rare == NULL || c->rare->pend.len == 0); }
 
 /* What is still queued at a close: all of pend, and of out what libuv has not written
  * (write_queue_size), with every frame that ends in that part. */
-void np__count_lost(np_conn *c) {
-  c->lost_bytes = c->failed_bytes + c->pend.len;
-  c->lost_msgs = c->failed_msgs + c->pend.n;
+void np__count_lost(const np_conn *c, uint64_t *bytes, uint64_t *msgs) {
+  *bytes = *msgs = 0;
+  if (c->rare == NULL) return; /* nothing was ever queued */
+  *bytes = c->rare->failed_bytes + c->rare->pend.len;
+  *msgs = c->rare->failed_msgs + c->rare->pend.n;
   if (c->out == NULL) return;
   const np_wq *q = &c->out->q;
   size_t left = c->pipe.write_queue_size < q->len ? c->pipe.write_queue_size : q->len;
   size_t written = q->len - left;
-  c->lost_bytes += left;
-  for (size_t i = q->n; i > 0 && q->ends[i - 1] > written; i--) c->lost_msgs++;
+  *bytes += left;
+  for (size_t i = q->n; i > 0 && q->ends[i - 1] > written; i--) (*msgs)++;
 }
 
 /* ---- writing ---- */
@@ -102,29 +105,30 @@ static void wout_free(np_wout *w) {
 /* The queue's cost dropped: below half of high_water the host may write again, and
  * input held for it flows again. */
 static void after_drain(np_conn *c) {
-  if (!c->over_high || c->cost > c->opts.high_water / 2) return;
+  if (!c->over_high || c->rare->cost > c->opts->o.high_water / 2) return;
   c->over_high = 0;
-  if (c->e->ev.drained) c->e->ev.drained(c);
+  if (c->opts->e->ev.drained) c->opts->e->ev.drained(c);
   np__release_input(c);
 }
 
 /* A write the OS refused: its frames are not known to have arrived. */
 static void write_failed(np_conn *c, np_wout *w) {
-  c->failed_bytes += w->q.len;
-  c->failed_msgs += w->q.n;
+  c->rare->failed_bytes += w->q.len;
+  c->rare->failed_msgs += w->q.n;
   wout_free(w);
 }
 
 /* The write in flight is done: what was written meanwhile goes out as one write. */
 static int write_pending(np_conn *c, np_wout *w) {
-  if (c->pend.len == 0) {
+  np_rare *r = c->rare;
+  if (r->pend.len == 0) {
     wout_free(w);
     return 0;
   }
   np_wq sent = w->q;
-  w->q = c->pend;
-  c->pend = sent;
-  c->pend.len = c->pend.n = 0;
+  w->q = r->pend;
+  r->pend = sent;
+  r->pend.len = r->pend.n = 0;
   int rc = start_write(c, w);
   if (rc < 0) write_failed(c, w); /* else w, with what was pending, leaked uncounted */
   return rc;
@@ -137,11 +141,12 @@ static void on_write(uv_write_t *req, int status) {
   if (--w->waiting > 0) return;
   status = w->status;
   if (c->state == C_CLOSED) { /* cancelled by the close; counted as lost there */
+    c->out = NULL;
     wout_free(w);
     return;
   }
   c->out = NULL;
-  c->cost -= wq_cost(&w->q);
+  c->rare->cost -= wq_cost(&w->q);
   if (status < 0) {
     write_failed(c, w);
     np__conn_fail(c, status, "write");
@@ -169,33 +174,36 @@ static int frame_bufs(np_conn *c, const char *data, size_t len, char *scratch, u
     bufs[0] = uv_buf_init((char *)data, (unsigned)len);
     return 1;
   }
-  size_t extra = c->opts.framing == NP_FRAMING_BYTES ? 0 : (c->opts.framing == NP_FRAMING_LINES ? 1 : 4);
+  size_t extra = c->framing == NP_FRAMING_BYTES ? 0 : (c->framing == NP_FRAMING_LINES ? 1 : 4);
   if (extra && len + extra <= SMALL_FRAME) {
     size_t at = 0;
-    if (c->opts.framing == NP_FRAMING_MESSAGE) {
+    if (c->framing == NP_FRAMING_MESSAGE) {
       np_message_header(scratch, (uint32_t)len);
       at = NP_MESSAGE_HEADER;
     }
     memcpy(scratch + at, data, len);
-    if (c->opts.framing == NP_FRAMING_LINES) scratch[len] = '\n';
+    if (c->framing == NP_FRAMING_LINES) scratch[len] = '\n';
     bufs[0] = uv_buf_init(scratch, (unsigned)(len + extra));
     return 1;
   }
-  if (c->opts.framing == NP_FRAMING_MESSAGE) {
+  if (c->framing == NP_FRAMING_MESSAGE) {
     np_message_header(scratch, (uint32_t)len);
     bufs[n++] = uv_buf_init(scratch, NP_MESSAGE_HEADER);
   }
   bufs[n++] = uv_buf_init((char *)data, (unsigned)len);
-  if (c->opts.framing == NP_FRAMING_LINES) bufs[n++] = uv_buf_init("\n", 1);
+  if (c->framing == NP_FRAMING_LINES) bufs[n++] = uv_buf_init("\n", 1);
   return n;
 }
 
-/* Queues what the OS did not take at once: behind the write in flight, or as it. */
+/* Queues what the OS did not take at once: behind the write in flight, or as it. The
+ * rare part comes first, so that a write that fails later can be counted. */
 static int enqueue(np_conn *c, const uv_buf_t *bufs, int nbufs, size_t skip) {
+  np_rare *r = np__rare(c);
+  if (r == NULL) return UV_ENOMEM;
   if (c->out) {
-    size_t before = wq_cost(&c->pend);
-    int rc = wq_push(&c->pend, bufs, nbufs, skip);
-    if (rc == 0) c->cost += wq_cost(&c->pend) - before;
+    size_t before = wq_cost(&r->pend);
+    int rc = wq_push(&r->pend, bufs, nbufs, skip);
+    if (rc == 0) r->cost += wq_cost(&r->pend) - before;
     return rc;
   }
   np_wout *w = calloc(1, sizeof *w);
@@ -207,7 +215,7 @@ static int enqueue(np_conn *c, const uv_buf_t *bufs, int nbufs, size_t skip) {
     wout_free(w);
     return rc;
   }
-  c->cost += wq_cost(&w->q);
+  r->cost += wq_cost(&w->q);
   return 0;
 }
 
@@ -222,15 +230,15 @@ static int try_write(np_conn *c, const uv_buf_t *bufs, int nbufs) {
 int np_conn_write(np_conn *c, const char *data, size_t len) {
   if (c->state != C_OPEN) return UV_ENOTCONN;
   if (len > UINT32_MAX) return UV_E2BIG;
-  if (len == 0 && c->opts.framing == NP_FRAMING_BYTES) return c->over_high;
+  if (len == 0 && c->framing == NP_FRAMING_BYTES) return c->over_high;
   char scratch[SMALL_FRAME];
   uv_buf_t bufs[3];
   int nbufs = frame_bufs(c, data, len, scratch, bufs);
   size_t total = 0;
   for (int i = 0; i < nbufs; i++) total += bufs[i].len;
-  if (c->server) {
-    c->server->stats.bytes_out += total;
-    c->server->stats.messages_out++;
+  if (c->opts->server) {
+    c->opts->server->stats.bytes_out += total;
+    c->opts->server->stats.messages_out++;
   }
   /* A message goes out whole, as one write (libuv 1.44 takes none at once from a
    * Windows pipe anyway). */
@@ -241,7 +249,7 @@ int np_conn_write(np_conn *c, const char *data, size_t len) {
     np__conn_fail(c, rc, "write");
     return rc;
   }
-  if (c->cost >= c->opts.high_water && !c->over_high) {
+  if (c->rare->cost >= c->opts->o.high_water && !c->over_high) {
     c->over_high = 1;
     np__update_reading(c); /* a client that does not read gets no more reads from us either */
   }
@@ -254,22 +262,24 @@ int np_conn_write(np_conn *c, const char *data, size_t len) {
  * moment (an event of another conn led here) is not in e->flushing: it stays linked,
  * since unlinking it would cut that list, and the poll skips it as no longer pending. */
 void np__flush_forget(np_conn *c) {
+  np_rare *r = c->rare;
   c->flush_pending = 0;
-  for (np_conn **p = &c->e->flushing; c->flush_listed && *p; p = &(*p)->flush_next) {
+  if (r == NULL) return; /* never flushed */
+  for (np_conn **p = &c->opts->e->flushing; r->flush_listed && *p; p = &(*p)->rare->flush_next) {
     if (*p == c) {
-      *p = c->flush_next;
-      c->flush_next = NULL;
-      c->flush_listed = 0;
+      *p = r->flush_next;
+      r->flush_next = NULL;
+      r->flush_listed = 0;
       break;
     }
   }
-  np_platform_flush_cancel(c->flush_op);
-  c->flush_op = NULL;
+  np_platform_flush_cancel(r->flush_op);
+  r->flush_op = NULL;
 }
 
 void np__flush_finished(np_conn *c) {
   c->flush_pending = 0;
-  if (c->e->ev.flushed) c->e->ev.flushed(c);
+  if (c->opts->e->ev.flushed) c->opts->e->ev.flushed(c);
 }
 
 /* A peer that read everything and then closed has still been flushed: tell the host so
@@ -280,7 +290,7 @@ void np__flush_at_close(np_conn *c) {
 
 static void on_flush_op(void *arg, int status) {
   np_conn *c = arg;
-  c->flush_op = NULL;
+  c->rare->flush_op = NULL;
   if (status < 0) np__conn_fail(c, status, "flush");
   else if (!np__queue_empty(c)) np__flush_list(c); /* written meanwhile: wait for the queue again */
   else np__flush_finished(c);
@@ -288,21 +298,23 @@ static void on_flush_op(void *arg, int status) {
 
 /* 0 may also mean that an off-thread wait has started. */
 int np__flush_check(np_conn *c) {
-  if (!np__queue_empty(c) || c->flush_op) return 0;
+  if (!np__queue_empty(c) || c->rare->flush_op) return 0;
   long unread = np_platform_unread(&c->pipe);
   if (unread >= 0) return unread == 0;
   if (unread != UV_ENOTSUP) return (int)unread;
-  int rc = np_platform_flush_start(c->e->loop, &c->pipe, on_flush_op, c, &c->flush_op);
+  int rc = np_platform_flush_start(c->opts->e->loop, &c->pipe, on_flush_op, c, &c->rare->flush_op);
   return rc == UV_ENOTSUP ? 1 : rc;
 }
 
+/* The flush's state is in the rare part: out of memory for it, the flush fails alone. */
 int np_conn_flush(np_conn *c) {
   if (c->state != C_OPEN && c->state != C_ENDING) return UV_ENOTCONN;
+  if (np__rare(c) == NULL) return UV_ENOMEM;
   int rc = np__flush_check(c);
   if (rc < 0) np__conn_fail(c, rc, "flush"); /* the peer is gone: so is the connection */
   if (rc != 0) return rc;
   c->flush_pending = 1;
-  if (c->flush_op == NULL) np__flush_list(c);
+  if (c->rare->flush_op == NULL) np__flush_list(c);
   return 0;
 }
 

@@ -73,7 +73,7 @@ static void on_linger(uv_timer_t *t) {
   np_conn *c = e->conns;
   while (c) {
     np_conn *next = c->next; /* closing c takes it off the list */
-    if (c->deadline && now >= c->deadline) {
+    if (c->rare && c->rare->deadline && now >= c->rare->deadline) {
       if (c->state == C_ENDING) np__close_ending(c, " within the linger time");
       else np__close_now(c, "EOF", "the peer closed the pipe; its handlers had not finished within the linger time", 1);
     }
@@ -82,11 +82,14 @@ static void on_linger(uv_timer_t *t) {
   if (e->lingering == 0) uv_timer_stop(t);
 }
 
-void np__set_deadline(np_conn *c) {
-  np_engine *e = c->e;
-  if (c->deadline) return;
-  c->deadline = uv_now(e->loop) + c->opts.linger_ms;
+int np__set_deadline(np_conn *c) {
+  np_engine *e = c->opts->e;
+  np_rare *r = np__rare(c);
+  if (r == NULL) return UV_ENOMEM;
+  if (r->deadline) return 0;
+  r->deadline = uv_now(e->loop) + c->opts->o.linger_ms;
   if (e->lingering++ == 0) uv_timer_start(&e->linger_timer, on_linger, LINGER_SWEEP_MS, LINGER_SWEEP_MS);
+  return 0;
 }
 
 /* ---- the flush poll ---- */
@@ -97,15 +100,15 @@ static void on_flush_poll(uv_timer_t *t) {
   np_conn *list = e->flushing;
   e->flushing = NULL;
   while (list) {
-    np_conn *c = list;
-    list = c->flush_next;
-    c->flush_next = NULL;
-    c->flush_listed = 0;
+    np_conn *c = list; /* listed, so it has its rare part */
+    list = c->rare->flush_next;
+    c->rare->flush_next = NULL;
+    c->rare->flush_listed = 0;
     if (c->state == C_CLOSED || !c->flush_pending) continue;
     int rc = np__flush_check(c);
     if (rc < 0) np__conn_fail(c, rc, "flush");
     else if (rc == 1) np__flush_finished(c);
-    else if (c->flush_op == NULL) np__flush_list(c);
+    else if (c->rare->flush_op == NULL) np__flush_list(c);
   }
   if (e->flushing == NULL) {
     uv_timer_stop(t);
@@ -114,10 +117,10 @@ static void on_flush_poll(uv_timer_t *t) {
 }
 
 void np__flush_list(np_conn *c) {
-  np_engine *e = c->e;
-  if (!c->flush_listed) {
-    c->flush_listed = 1;
-    c->flush_next = e->flushing;
+  np_engine *e = c->opts->e;
+  if (!c->rare->flush_listed) {
+    c->rare->flush_listed = 1;
+    c->rare->flush_next = e->flushing;
     e->flushing = c;
   }
   if (!e->flush_timer_on) {

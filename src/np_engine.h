@@ -136,7 +136,8 @@ void np_conn_undelivered(const np_conn *c, uint64_t *bytes, uint64_t *messages);
 /* 1: the peer has read everything (no flushed event then); 0: a flushed event will
  * follow, from the loop; <0: error. When the peer closed without reading everything,
  * the connection fails: its closed event runs inside this call, before it returns the
- * error. UV_ENOTCONN: ending or closed already (no event). */
+ * error. UV_ENOTCONN: ending or closed already (no event). UV_ENOMEM: no memory for the
+ * flush's state; the connection stays as it was (no event). */
 int np_conn_flush(np_conn *c);
 /* The host no longer waits for the flushed event (its wait timed out): stop polling,
  * and on Windows interrupt the FlushFileBuffers still blocked on a pool thread. No event. */
@@ -146,7 +147,7 @@ void np_conn_flush_cancel(np_conn *c);
  * rest of a read is kept, at most one read buffer), so a host's queues are bounded
  * by the frame that set the hold. The engine adds its own: a write queue over
  * high_water, the end of input, a graceful end. */
-enum { NP_HOLD_USER = 1, NP_HOLD_JOBS = 2, NP_HOLD_INBOX = 4 };
+enum { NP_HOLD_USER = 1, NP_HOLD_JOBS = 2, NP_HOLD_INBOX = 4 }; /* kept in a byte: 8 at most */
 /* Setting a hold emits nothing. Releasing the last one delivers what was kept inside
  * this call: a frame event for each kept frame (whose handlers may hold again), and,
  * when the kept input breaks the framing, the end of the connection (flushed and

@@ -6,14 +6,15 @@
 
 void np_framer_init(np_framer *f, np_framing_mode mode, size_t max_message) {
   memset(f, 0, sizeof(*f));
-  f->mode = mode;
+  f->mode = (uint8_t)mode;
   f->max_message = max_message;
 }
 
 void np_framer_free(np_framer *f) {
   free(f->buf);
   f->buf = NULL;
-  f->len = f->cap = 0;
+  f->len = 0;
+  f->cap_log2 = 0;
 }
 
 size_t np_framer_pending(const np_framer *f) { return f->len + f->hdr_len; }
@@ -21,10 +22,10 @@ size_t np_framer_pending(const np_framer *f) { return f->len + f->hdr_len; }
 void np_framer_partial_text(const np_framer *f, char *out, size_t outlen) {
   if (f->hdr_len < NP_MESSAGE_HEADER)
     snprintf(out, outlen, "end of stream inside a message header (%zu of %d header bytes missing)",
-             (size_t)NP_MESSAGE_HEADER - f->hdr_len, NP_MESSAGE_HEADER);
+             (size_t)(NP_MESSAGE_HEADER - f->hdr_len), NP_MESSAGE_HEADER);
   else
     snprintf(out, outlen, "end of stream inside a message (%zu of %zu payload bytes missing)",
-             f->want - f->len, f->want);
+             (size_t)f->want - f->len, (size_t)f->want);
 }
 
 void np_message_header(char out[NP_MESSAGE_HEADER], uint32_t len) {
@@ -44,13 +45,14 @@ int np_framing_parse(const char *name) {
 /* Grows the partial-frame buffer; the bound keeps a hostile peer from making it huge. */
 static int append(np_framer *f, const char *data, size_t n) {
   if (n == 0) return 0;
-  if (f->len + n > f->cap) {
-    size_t cap = f->cap ? f->cap : 256;
-    while (cap < f->len + n) cap *= 2;
-    char *nb = realloc(f->buf, cap);
+  size_t cap = f->cap_log2 ? (size_t)1 << f->cap_log2 : 0;
+  if (f->len + n > cap) {
+    unsigned shift = f->cap_log2 ? f->cap_log2 : 8; /* 256 bytes at first */
+    while (((size_t)1 << shift) < f->len + n) shift++;
+    char *nb = realloc(f->buf, (size_t)1 << shift);
     if (nb == NULL) abort(); /* out of memory: nothing sane to do in a decoder */
     f->buf = nb;
-    f->cap = cap;
+    f->cap_log2 = (uint8_t)shift;
   }
   memcpy(f->buf + f->len, data, n);
   f->len += n;
@@ -62,7 +64,7 @@ static int append(np_framer *f, const char *data, size_t n) {
 static int deliver_buffered(np_framer *f, size_t n, np_frame_cb cb, void *ctx) {
   int rc = cb(ctx, f->buf, n);
   f->len = 0;
-  if (f->cap > 64 * 1024) np_framer_free(f);
+  if (f->cap_log2 > 16) np_framer_free(f); /* over 64 KiB */
   return rc;
 }
 
@@ -108,10 +110,10 @@ static size_t take_header(np_framer *f, const char *data, size_t len) {
   size_t n = NP_MESSAGE_HEADER - f->hdr_len;
   if (n > len) n = len;
   memcpy(f->hdr + f->hdr_len, data, n);
-  f->hdr_len += n;
+  f->hdr_len = (uint8_t)(f->hdr_len + n);
   if (f->hdr_len == NP_MESSAGE_HEADER) {
-    f->want = ((size_t)f->hdr[0] << 24) | ((size_t)f->hdr[1] << 16) |
-              ((size_t)f->hdr[2] << 8) | (size_t)f->hdr[3];
+    f->want = ((uint32_t)f->hdr[0] << 24) | ((uint32_t)f->hdr[1] << 16) |
+              ((uint32_t)f->hdr[2] << 8) | (uint32_t)f->hdr[3];
   }
   return n;
 }

@@ -18,15 +18,18 @@ typedef enum { NP_FRAMING_BYTES = 0, NP_FRAMING_LINES = 1, NP_FRAMING_MESSAGE = 
  * (the receiver was closed from inside the callback) and is returned by np_framer_feed. */
 typedef int (*np_frame_cb)(void *ctx, const char *data, size_t len);
 
+/* One per connection, so kept small (issue 13's idle memory): a message's length is
+ * 32 bits on the wire, and buf's capacity is a power of two. */
 typedef struct np_framer {
-  np_framing_mode mode;
-  size_t max_message;  /* bound on one line or message payload */
   char *buf;           /* bytes of an incomplete frame */
-  size_t len, cap;
-  unsigned char hdr[NP_MESSAGE_HEADER]; /* message mode: header bytes seen so far */
-  size_t hdr_len;
-  size_t want;         /* message mode: payload length, valid once hdr_len == 4 */
+  size_t len;
+  size_t max_message;  /* bound on one line or message payload */
   uint64_t announced;  /* the length of the frame that broke the bound (for error text) */
+  uint32_t want;       /* message mode: payload length, valid once hdr_len == 4 */
+  unsigned char hdr[NP_MESSAGE_HEADER]; /* message mode: header bytes seen so far */
+  uint8_t mode;        /* an np_framing_mode */
+  uint8_t hdr_len;
+  uint8_t cap_log2;    /* buf holds 1 << cap_log2 bytes; 0: no buf */
 } np_framer;
 
 void np_framer_init(np_framer *f, np_framing_mode mode, size_t max_message);

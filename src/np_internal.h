@@ -39,6 +39,16 @@ struct np_engine {
   char readbuf[READ_BUFFER_SIZE];
 };
 
+/* What the connections of a server have in common, one copy for all of them rather
+ * than one in each (issue 13): their options, engine and server. Counted, since a server
+ * may close before its connections. A client's end, or an open descriptor, has its own. */
+typedef struct np_copts {
+  np_conn_opts o;
+  np_engine *e;
+  np_server *server; /* accepting them; NULL once it has closed, and for a client's end */
+  unsigned refs;
+} np_copts;
+
 struct np_server {
   uv_pipe_t *listener;
   uv_poll_t *poll;   /* watches the listener where the engine accepts itself, else NULL */
@@ -54,6 +64,7 @@ struct np_server {
   int have_fid;
   int closing;
   np_server_opts opts;
+  np_copts *copts; /* opts.conn, for its connections */
   np_stats stats;
   void *data;
 };
@@ -79,47 +90,60 @@ typedef struct np_wout {
   int status;     /* the first of their failures */
 } np_wout;
 
-struct np_conn {
-  uv_pipe_t pipe;
-  np_engine *e;
-  np_conn *prev, *next;
-  np_conn *flush_next;
-  np_flush *flush_op; /* an off-thread flush in flight (Windows) */
-  np_server *server;
-  np_conn_opts opts;
-  np_framer fr;
-  np_wout *out;  /* in flight, or NULL */
+/* What a connection needs only now and then: allocated on first need (np__rare) and
+ * freed with the connection, so that an idle connection does not carry it (issue 13).
+ * A connection has it while anything is queued (np_conn_write makes it before the first
+ * write that does not go out at once, so that a failed write can always be counted),
+ * once it is ending or has had its EOF, while input is kept, after a flush, and on a
+ * message-type pipe. */
+typedef struct np_rare {
   np_wq pend;    /* written while out was in flight: goes out as one write after it */
   size_t cost;   /* what out and pend hold, bookkeeping included */
+  uint64_t failed_bytes, failed_msgs; /* in a write the OS refused: not known to have arrived */
   char *kept;    /* the unread rest of a read that arrived while input was held */
   size_t kept_len;
   char *end_why; /* graceful end: "code\0reason" for the closed event */
   uint64_t deadline; /* loop time (ms) by which an ending or EOF conn closes; 0: none */
-  uint64_t lost_bytes, lost_msgs; /* undelivered, for the closed event */
-  uint64_t failed_bytes, failed_msgs; /* in a write the OS refused: not known to have arrived */
-  int state;
-  unsigned hold;     /* NP_HOLD_* set by the host */
-  int feeding;       /* inside the framer: a release of the hold is picked up there */
-  int reading;       /* libuv is reading now */
-  int input_ended;   /* EOF seen */
-  int flush_pending; /* the host waits for a flushed event */
-  int flush_listed;  /* on the engine's poll list */
-  int over_high;
-  int server_end; /* accepted by a server (not a client's end) */
+  np_conn *flush_next;
+  np_flush *flush_op; /* an off-thread flush in flight (Windows) */
+  int flush_listed;   /* on the engine's poll list */
+  int msg_err;        /* message-type pipe: the size of the next message could not be read */
+  size_t msg_left;    /* message-type pipe: bytes of the current message not read yet */
+} np_rare;
+
+/* Kept small: idle memory per connection is issue 13's target (see the size check in
+ * np_conn.c). What every read and write touches comes first after the pipe, in the cache
+ * line that the pipe's last bytes start; the framer follows; then what only opening,
+ * closing and the host's questions need. */
+struct np_conn {
+  uv_pipe_t pipe;
+  uint8_t state;
+  uint8_t hold;      /* NP_HOLD_* set by the host */
+  uint8_t feeding;   /* inside the framer: a release of the hold is picked up there */
+  uint8_t framing;   /* opts.framing, for the write path */
+  unsigned reading : 1;       /* libuv is reading now */
+  unsigned input_ended : 1;   /* EOF seen */
+  unsigned flush_pending : 1; /* the host waits for a flushed event */
+  unsigned over_high : 1;
+  unsigned server_end : 1;    /* accepted by a server (not a client's end) */
   /* Message framing on a message-type pipe (Windows): the pipe keeps the boundaries, no
    * length prefix on the wire. Each read is sized to what is left of the message at the
-   * head of the pipe, and the framer gets the message's length as a header of ours. */
-  int native;
-  size_t msg_left;  /* bytes of the current message not read yet */
-  int msg_head;     /* the read under way starts a message: its header is before it */
-  int msg_err;      /* the size of the next message could not be read */
-  int connect_rc;   /* a client end the platform opened: its result, for connect_timer */
-  int connect_done;
+   * head of the pipe (rare->msg_left), and the framer gets the message's length as a
+   * header of ours. */
+  unsigned native : 1;
+  unsigned msg_head : 1;      /* the read under way starts a message: its header is before it */
+  unsigned connect_done : 1;  /* a client end the platform opened: connect_timer reports it */
+  int16_t connect_rc;         /* and its result (uv error codes are above -4100) */
+  np_rare *rare;              /* or NULL */
+  np_copts *opts;             /* shared: has e and server; the framer has framing and max_message */
+  np_wout *out;               /* in flight, or NULL */
+  void *data;
+  np_framer fr;
+  np_conn *prev, *next;
+  uint64_t id;
   np_cred cred;
   long session; /* the peer's login session, taken at connect time like cred */
   long posix_session; /* and its POSIX session (getsid), likewise */
-  uint64_t id;
-  void *data;
 };
 
 /* ---- intrusive lists ---- */
@@ -140,14 +164,21 @@ struct np_conn {
 
 /* A handle of e has been called back after uv_close: a released engine goes with its last. */
 void np__handle_gone(np_engine *e);
-/* Gives c until linger_ms from now to close (kept if it already has a deadline). */
-void np__set_deadline(np_conn *c);
-/* Puts c on the engine's flush poll list and starts the poll. */
+/* Gives c until linger_ms from now to close (kept if it already has a deadline): 0, or
+ * UV_ENOMEM when c's rare part could not be made. */
+int np__set_deadline(np_conn *c);
+/* Puts c, which has its rare part, on the engine's flush poll list and starts the poll. */
 void np__flush_list(np_conn *c);
 
 /* ---- np_conn.c ---- */
 
-np_conn *np__conn_new(np_engine *e, const np_conn_opts *opts);
+/* What connections of e share (server NULL): refs 1; NULL when out of memory. */
+np_copts *np__copts_new(np_engine *e, const np_conn_opts *o);
+void np__copts_unref(np_copts *o);
+/* A connection with these options (it takes a reference to them). */
+np_conn *np__conn_new(np_copts *opts);
+/* c's rare part, made on first need; NULL when out of memory. */
+np_rare *np__rare(np_conn *c);
 /* Marks c open, takes the peer's identity and starts reading. */
 int np__conn_open(np_conn *c);
 /* Closes c's handle for a connection that was never open to the host: no event. */
@@ -167,14 +198,15 @@ void np__release_input(np_conn *c);
 
 int np__queue_empty(const np_conn *c);
 void np__wq_free(np_wq *q);
-/* Sets c's lost_bytes and lost_msgs to what is still queued. */
-void np__count_lost(np_conn *c);
+/* What is still queued, and what a refused write took: undelivered at a close. */
+void np__count_lost(const np_conn *c, uint64_t *bytes, uint64_t *msgs);
 /* The host no longer waits for a flushed event. */
 void np__flush_forget(np_conn *c);
 /* Tells the host c is flushed before it closes, when the peer read everything. */
 void np__flush_at_close(np_conn *c);
 void np__flush_finished(np_conn *c);
-/* 1: the peer has read everything; 0: not yet; <0: the peer closed without reading it. */
+/* 1: the peer has read everything; 0: not yet; <0: the peer closed without reading it.
+ * c has its rare part. */
 int np__flush_check(np_conn *c);
 
 /* ---- np_server.c ---- */
