@@ -77,6 +77,20 @@ describe("a connection object", function()
     assert.are.same({ "1 a table", "2 a table", "3 a table" }, lines_of(out))
   end)
 
+  it("takes a field of the script's own, and refuses one named as a method", function()
+    local server = helpers.track_server(assert(npipe.listen(helpers.name("obj"), { framing = "lines" }, {
+      data = function(conn, msg)
+        conn.label = msg
+        local ok, err = pcall(function() conn.id = 5 end)
+        conn:write(("%s %s %s %s"):format(conn.label, tostring(ok), type(conn:id()), err:match("method") or err))
+      end,
+    })))
+    local pid, out = helpers.spawn(("exec python3 -c %s %s z"):format(helpers.quote(PY_LINES),
+                                                                    helpers.quote(server:path())))
+    helpers.wait_until(function() return not helpers.alive(pid) end, 15)
+    assert.are.same({ "z false number method" }, lines_of(out))
+  end)
+
   it("keeps its server: conn:server() answers after the script dropped the closed server", function()
     local started, got = false, nil
     local server = assert(npipe.listen(helpers.name("obj"), { framing = "lines" }, {

@@ -275,9 +275,14 @@ static int conn_index_special(lua_State *L) {
   return 1;
 }
 
-/* __index: the connection's own fields, then the methods of Conn (upvalue 1), as a
- * table with Conn as its __index would find them. */
+/* __index: the methods of Conn (upvalue 1), then the connection's own fields. Methods
+ * first: a method call, what every handler makes, then costs one lookup (conn_newindex
+ * refuses a field named as a method, so nothing is hidden). */
 static int conn_index(lua_State *L) {
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1));
+  if (!lua_isnil(L, -1)) return 1;
+  lua_pop(L, 1);
   if (np_getuv(L, 1) == LUA_TTABLE) {
     lua_pushvalue(L, 2);
     lua_rawget(L, -2);
@@ -285,17 +290,19 @@ static int conn_index(lua_State *L) {
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
-  lua_pushvalue(L, 2);
-  lua_rawget(L, lua_upvalueindex(1));
-  if (!lua_isnil(L, -1)) return 1;
-  lua_pop(L, 1);
   return conn_index_special(L);
 }
 
-/* __newindex: into the fields table. The field _jobs (sched.lua's queue of the
+/* __newindex: into the fields table; a method's name is refused (upvalue 1: Conn), as a
+ * field of that name could never be read. The field _jobs (sched.lua's queue of the
  * connection's jobs) is mirrored in the box, where the fast path reads it. */
 static int conn_newindex(lua_State *L) {
   box *b = lua_touserdata(L, 1);
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1));
+  if (!lua_isnil(L, -1))
+    return luaL_error(L, "cannot set the field '%s' of a connection: it is a method", lua_tostring(L, 2));
+  lua_pop(L, 1);
   push_fields(L);
   lua_pushvalue(L, 2);
   lua_pushvalue(L, 3);
@@ -309,10 +316,12 @@ int lnp_conn_class(lua_State *L) {
   static const char *const events[] = {"__tostring", "__close", NULL};
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_getmetatable(L, CONN_MT);
-  lua_getfield(L, -1, "__index");
-  lua_pushvalue(L, 1);
-  lua_setupvalue(L, -2, 1);
-  lua_pop(L, 1);
+  for (int i = 0; i < 2; i++) {
+    lua_getfield(L, -1, i ? "__newindex" : "__index");
+    lua_pushvalue(L, 1);
+    lua_setupvalue(L, -2, 1);
+    lua_pop(L, 1);
+  }
   for (int i = 0; events[i]; i++) {
     lua_getfield(L, 1, events[i]);
     lua_setfield(L, -2, events[i]);
@@ -341,7 +350,8 @@ void lnp_objects_open(lua_State *L) {
     lua_newtable(L); /* Conn's place until core.conn_class */
     lua_pushcclosure(L, conn_index, 1);
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, conn_newindex);
+    lua_newtable(L);
+    lua_pushcclosure(L, conn_newindex, 1);
     lua_setfield(L, -2, "__newindex");
     lua_pushcfunction(L, conn_gc);
     lua_setfield(L, -2, "__gc");
