@@ -49,6 +49,11 @@ static int resume(lua_State *co, lua_State *from, int nargs, int *nres) {
  * it. A slot keeps its pointer and anchor after it is taken: giving the same coroutine
  * back to the same slot, as every job that just ends does, then costs no Lua call. */
 
+/* Idle coroutines kept at most: a burst of handlers that wait needs one coroutine each,
+ * and without a bound the pool would keep the memory of the largest burst for good
+ * (about 1 KiB each). Beyond it, a coroutine whose job ended is left to the collector. */
+#define POOL_MAX 256
+
 static int pool_grow(ctx *x) {
   int cap = x->pool_cap ? x->pool_cap * 2 : 16;
   lua_State **p = realloc(x->pool, (size_t)cap * sizeof *p);
@@ -59,10 +64,10 @@ static int pool_grow(ctx *x) {
   return 1;
 }
 
-/* Back to the pool, co (its stack empty); L is a thread to work on. A full pool that
- * cannot grow lets it go. */
+/* Back to the pool, co (its stack empty); L is a thread to work on. A pool at POOL_MAX,
+ * or full and unable to grow, lets it go. */
 static void pool_give(ctx *x, lua_State *L, lua_State *co) {
-  if (x->npool == x->pool_cap && !pool_grow(x)) return;
+  if (x->npool >= POOL_MAX || (x->npool == x->pool_cap && !pool_grow(x))) return;
   int i = ++x->npool;
   if (x->pool[i - 1] == co) return;
   x->pool[i - 1] = co;

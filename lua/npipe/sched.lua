@@ -20,6 +20,9 @@ local DONE, WAIT = core.DONE, {}
 local is_worker = setmetatable({}, { __mode = "k" })
 local owner_of = setmetatable({}, { __mode = "k" }) -- waiting worker -> the owner of its job
 local parked = setmetatable({}, { __mode = "k" })   -- waiting worker -> the waiter it waits on
+-- Idle workers kept at most (as many as src/lnpipe_fast.c keeps plain coroutines): a
+-- burst of waiting jobs needs one each, and beyond this the collector takes them back.
+local POOL_MAX = 256
 local pool, npool = {}, 0
 -- The C fast path (src/lnpipe_fast.c) runs a handler in a plain coroutine of its own
 -- instead: the handler is its body, so the job ends when the coroutine does ("dead",
@@ -200,8 +203,10 @@ end
 -- spawned function).
 local function finish(co, owner, ok, tag)
   if ok and tag == DONE then
-    npool = npool + 1
-    pool[npool] = co
+    if npool < POOL_MAX then
+      npool = npool + 1
+      pool[npool] = co
+    end
     if owner then job_over(owner) end
   elseif ok and coroutine_status(co) == "dead" then -- a plain coroutine's job ended
     plain_give(co)
