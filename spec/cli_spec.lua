@@ -273,14 +273,7 @@ describe("npipe command", function()
       assert(os.rename(path .. ".new", path))
     end
 
-    local function count(s, plain)
-      local n, at = 0, 1
-      while true do
-        local i, j = s:find(plain, at, true)
-        if not i then return n end
-        n, at = n + 1, j + 1
-      end
-    end
+    local count = helpers.count
 
     local function output_of(out) return helpers.read_file(out) or "" end
 
@@ -291,47 +284,27 @@ describe("npipe command", function()
         local file = script(version_source(1))
         local pid, out = serve(file, "--name", name)
         local c = assert(npipe.connect(name, { framing = "lines", timeout = 5 }))
-        local WINDOW = 16 -- messages in flight
-        local sent, got, last_v, sending = 0, 0, 0, true
-        local replies, problems = {}, {}
-        local function send()
-          sent = sent + 1
-          local ok, err = c:write(tostring(sent))
-          if not ok then problems[#problems + 1] = "write failed: " .. tostring(err) end
-        end
-        for _ = 1, WINDOW do send() end
-        npipe.spawn(function()
-          while got < sent do
-            local msg, err = c:read(10)
-            if not msg then
-              problems[#problems + 1] = "read failed: " .. tostring(err)
-              return
-            end
-            local v, loads, seq = msg:match("^(%d+) (%d+) (%d+)$")
-            got = got + 1
-            replies[got] = { v = tonumber(v), loads = tonumber(loads), seq = tonumber(seq), text = msg }
-            last_v = math.max(last_v, tonumber(v) or 0)
-            if sending then send() end
-          end
-        end)
+        local load = helpers.version_load(c, 16) -- replies "v loads seq"
+        local problems = load.problems
         for k = 1, 101 do
           if k > 1 then
             replace(file, version_source(k))
             helpers.kill(pid, "HUP")
           end
-          assert(helpers.wait_until(function() return last_v >= k or #problems > 0 end, 10),
+          assert(helpers.wait_until(function() return load.last_v >= k or #problems > 0 end, 10),
             "no reply from version " .. k .. "; the server said:\n" .. output_of(out))
           assert.are.same({}, problems)
         end
-        sending = false
-        assert(helpers.wait_until(function() return got == sent or #problems > 0 end, 10), "replies are missing")
+        load.stop()
+        assert(helpers.wait_until(function() return load.got == load.sent or #problems > 0 end, 10),
+          "replies are missing")
         assert.are.same({}, problems)
         local seen, prev = {}, 0
-        for i, r in ipairs(replies) do
+        for i, r in ipairs(load.replies) do
           assert.are.equal(i, r.seq, "reply " .. i .. " is for another message: " .. r.text) -- none lost, in order
           assert.is_true(r.v >= prev, "reply " .. i .. " comes from an older version than the one before")
           -- each load ran once, in order, and kept its count in the state table
-          assert.are.equal(r.v, r.loads, "reply " .. i .. ": " .. r.text)
+          assert.are.equal(r.v, r.n, "reply " .. i .. ": " .. r.text)
           if r.v ~= prev then seen[#seen + 1] = r.v end
           prev = r.v
         end

@@ -125,6 +125,39 @@ function helpers.close_tracked_servers()
   open_servers = {}
 end
 
+-- A pipelined load on the lines connection c, for the specs that swap a server's code
+-- under it: keeps window messages "1", "2", ... in flight, and keeps each reply "V N SEQ"
+-- (V: the version that answered, N: a number of the spec's, SEQ: the message) in order as
+-- {v, n, seq, text} in load.replies. A failed write or read goes to load.problems (a
+-- failed read also ends the reading). load.stop() sends no more.
+function helpers.version_load(c, window)
+  local load = { sent = 0, got = 0, last_v = 0, replies = {}, problems = {} }
+  local sending = true
+  local function send()
+    load.sent = load.sent + 1
+    local ok, err = c:write(tostring(load.sent))
+    if not ok then load.problems[#load.problems + 1] = "write failed: " .. tostring(err) end
+  end
+  for _ = 1, window do send() end
+  npipe.spawn(function()
+    while load.got < load.sent do
+      local msg, err = c:read(10)
+      if not msg then
+        load.problems[#load.problems + 1] = "read failed: " .. tostring(err)
+        return
+      end
+      local v, n, seq = msg:match("^(%d+) (%d+) (%d+)$")
+      v = tonumber(v)
+      load.got = load.got + 1
+      load.replies[load.got] = { v = v, n = tonumber(n), seq = tonumber(seq), text = msg }
+      load.last_v = math.max(load.last_v, v or 0)
+      if sending then send() end
+    end
+  end)
+  function load.stop() sending = false end
+  return load
+end
+
 -- Polls cond (driving npipe's loop in between) until it is true or seconds pass.
 function helpers.wait_until(cond, seconds)
   local deadline = npipe.now() + (seconds or 5)
@@ -163,6 +196,16 @@ function helpers.exit_code(r, how, code)
   end
   if how == "exit" then return code end
   return 128 + code
+end
+
+-- How many times the plain text occurs in s.
+function helpers.count(s, plain)
+  local n, at = 0, 1
+  while true do
+    local i, j = s:find(plain, at, true)
+    if not i then return n end
+    n, at = n + 1, j + 1
+  end
 end
 
 -- table.pack, also on Lua 5.1 and LuaJIT.

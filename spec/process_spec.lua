@@ -66,14 +66,7 @@ local function sid_of(pid)
   return tonumber(helpers.capture("env -u LD_PRELOAD ps -o sid= -p " .. pid))
 end
 
-local function count(s, plain)
-  local n, at = 0, 1
-  while true do
-    local i, j = s:find(plain, at, true)
-    if not i then return n end
-    n, at = n + 1, j + 1
-  end
-end
+local count = helpers.count
 
 -- Reads n bytes from a bytes-framing connection.
 local function read_n(conn, n, timeout)

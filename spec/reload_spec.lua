@@ -149,28 +149,8 @@ describe("server:set_handlers", function()
       local server = listen(name, { framing = "lines" }, version(1))
       local c = connect(name)
       local WINDOW = 16 -- messages in flight
-      local sent, got, last_v, sending = 0, 0, 0, true
-      local replies, problems = {}, {}
-      local function send()
-        sent = sent + 1
-        assert(c:write(tostring(sent)))
-      end
-      for _ = 1, WINDOW do send() end
-      npipe.spawn(function()
-        while got < sent do
-          local msg, err = c:read(10)
-          if not msg then
-            problems[#problems + 1] = "read failed: " .. tostring(err)
-            return
-          end
-          local v, at, seq = msg:match("^(%d+) (%d+) (%d+)$")
-          v, at, seq = tonumber(v), tonumber(at), tonumber(seq)
-          got = got + 1
-          replies[got] = { v = v, at = at, seq = seq }
-          last_v = math.max(last_v, v or 0)
-          if sending then send() end
-        end
-      end)
+      local load = helpers.version_load(c, WINDOW) -- replies "v at seq"
+      local problems = load.problems
       for k = 1, 101 do
         if k > 1 then
           -- while a call waits (and those behind it are queued), where the test can tell
@@ -178,18 +158,18 @@ describe("server:set_handlers", function()
           current = k
           server:set_handlers(version(k))
         end
-        assert(wait_until(function() return last_v >= k or #problems > 0 end, 10), "no reply of version " .. k)
+        assert(wait_until(function() return load.last_v >= k or #problems > 0 end, 10), "no reply of version " .. k)
         assert.are.same({}, problems)
       end
-      sending = false
-      assert(wait_until(function() return got == sent or #problems > 0 end, 10), "replies are missing")
+      load.stop()
+      assert(wait_until(function() return load.got == load.sent or #problems > 0 end, 10), "replies are missing")
       assert.are.same({}, problems)
-      assert.is_true(sent >= 100 + WINDOW)
+      assert.is_true(load.sent >= 100 + WINDOW)
       local seen, prev = {}, 0
-      for i, r in ipairs(replies) do
+      for i, r in ipairs(load.replies) do
         assert.are.equal(i, r.seq, "reply " .. i .. " is for another message") -- none lost, in order
-        assert.are.equal(r.at, r.v, "message " .. i .. " ran on version " .. tostring(r.v)
-          .. " while " .. tostring(r.at) .. " was in force")
+        assert.are.equal(r.n, r.v, "message " .. i .. " ran on version " .. tostring(r.v)
+          .. " while " .. tostring(r.n) .. " was in force")
         assert.is_true(r.v >= prev, "message " .. i .. " ran on an older version than the one before")
         if r.v ~= prev then seen[#seen + 1] = r.v end
         prev = r.v
