@@ -45,7 +45,7 @@ box *lnp_new_box(lua_State *L, ctx *x, void *p, const char *mt, box_kind kind, i
   b->kind = (unsigned char)kind;
   b->ref = b->data_ref = LUA_NOREF;
   luaL_setmetatable(L, mt);
-  if (kind == BOX_SELF) { /* BOX_BOUND: through core.bind */
+  if (kind == BOX_SELF) { /* BOX_BOUND: through core.bind; BOX_HELD: by its ref */
     lua_rawgeti(L, LUA_REGISTRYINDEX, x->objects);
     lua_pushvalue(L, -2);
     lua_rawsetp(L, -2, b);
@@ -62,6 +62,7 @@ int lnp_push_object(lua_State *L, box *b) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, b->ref);
     return 1;
   }
+  if (b->kind == BOX_HELD) return 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->kind == BOX_SELF ? b->x->objects : b->x->bound);
   lua_rawgetp(L, -1, b);
   lua_remove(L, -2);
@@ -126,7 +127,7 @@ static void ev_accept(np_server *s, np_conn *c) {
   }
   /* Held by a registry reference until its closed event: that costs less than an entry
    * of the objects table, and the fast path pushes it with one lua_rawgeti. */
-  box *b = lnp_new_box(L, sb->x, c, CONN_MT, BOX_SELF, 1);
+  box *b = lnp_new_box(L, sb->x, c, CONN_MT, BOX_HELD, 1);
   lua_pushvalue(L, -1);
   b->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   b->id = np_conn_id(c);

@@ -55,8 +55,10 @@ typedef struct ctx {
 /* How events find the Lua object that stands for a box. */
 typedef enum {
   BOX_BOUND, /* the table core.bind binds to it (servers) */
-  BOX_SELF   /* the userdata itself: kept in ctx.objects (timers, signals, a client's
-              * connection), or by its ref (a server's connection) */
+  BOX_SELF,  /* the userdata itself, kept in ctx.objects (timers, signals, a client's
+              * connection) */
+  BOX_HELD   /* the userdata itself, held by its ref until its closed event and found
+              * by nothing after it (a server's connection) */
 } box_kind;
 
 /* The peer's identity of a connection whose C object is gone: what conn:peer() and
