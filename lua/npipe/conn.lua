@@ -19,7 +19,6 @@ local M = {} -- for npipe's other modules
 -- metatable finds these methods, keeps its fields (conn.state, conn._closed...) and
 -- knows conn._server (core.conn_class).
 local Conn = {}
-Conn.__index = Conn
 M.Conn = Conn
 
 -- A handler of this connection raised: report it (through the error handler when there
